@@ -1,0 +1,828 @@
+"""A testbed of real SSH hosts on one machine: network namespaces joined by a bridge.
+
+Each testbed host is a network namespace with a veth pair into a bridge in the root namespace,
+an address from the testbed subnet and its own ``sshd`` (own host key, own config, listening on
+the host's address only). The controller talks to the hosts over the bridge with a testbed-only
+client key, verifying host keys against a known_hosts file the testbed writes. Nothing in
+``~/.ssh`` is touched. The namespaces have no default route: the hosts reach each other and the
+controller (the bridge's gateway address), nothing else.
+
+Planning (names, addresses, ``ip`` commands) is pure; :func:`testbed_up` and
+:func:`testbed_down` run the plan as root and record what they made in ``state.json`` so that a
+teardown removes exactly that, even after a half-finished ``testbed_up``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from torc_stress.errors import TestbedError
+
+logger = logging.getLogger(__name__)
+
+BENCHMARK_RANGE = ipaddress.IPv4Network("198.18.0.0/15")
+"""RFC 2544's range for network benchmarking: the default home of testbed subnets."""
+
+PRIVATE_RANGES = tuple(
+    ipaddress.IPv4Network(net) for net in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
+)
+"""RFC 1918 ranges, accepted only with ``allow_private_subnet=True``."""
+
+FIRST_HOST_OFFSET = 10
+"""Host addresses start at subnet + 10; subnet + 1 is the bridge (the controller's address)."""
+
+MAX_IFNAME = 15
+"""Linux interface names are at most 15 characters (IFNAMSIZ - 1)."""
+
+SSHD = "/usr/sbin/sshd"
+HOST_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
+PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{0,5}$")
+STATE_FILE = "state.json"
+CLIENT_KEY = "id_ed25519"
+KNOWN_HOSTS = "known_hosts"
+AUTHORIZED_KEYS = "authorized_keys"
+
+
+@dataclass(frozen=True)
+class TestbedConfig:
+    """What testbed to build.
+
+    Attributes:
+        hosts: host names; the first is the server host, the rest are worker hosts.
+        subnet: IPv4 subnet of the bridge (default inside 198.18.0.0/15).
+        prefix: prefix of every namespace and link name (1-6 lowercase letters/digits).
+        state_dir: where keys, configs, logs and ``state.json`` live.
+        ssh_port: the port every sshd listens on (on the host's own address).
+        work_root: per-host install roots are ``work_root/<host>`` (hosts share this filesystem).
+        allow_private_subnet: also accept RFC 1918 subnets (10/8, 172.16/12, 192.168/16).
+        ready_timeout: seconds to wait for each sshd to answer.
+    """
+
+    __test__ = False  # not a pytest test class
+
+    hosts: tuple[str, ...] = ("server", "worker1", "worker2", "worker3")
+    subnet: str = "198.18.0.0/24"
+    prefix: str = "tstb"
+    state_dir: Path = Path(".testbed")
+    ssh_port: int = 22
+    work_root: Path = Path("/tmp/torc-testbed")
+    allow_private_subnet: bool = False
+    ready_timeout: float = 15.0
+
+    def __post_init__(self) -> None:
+        if not self.hosts:
+            raise TestbedError("a testbed needs at least one host (the server host)")
+        for host in self.hosts:
+            if not HOST_NAME_RE.match(host):
+                raise TestbedError(
+                    f"bad testbed host name {host!r}: use 1-32 lowercase letters, digits or '-', "
+                    "starting with a letter"
+                )
+        if len(set(self.hosts)) != len(self.hosts):
+            raise TestbedError(f"testbed host names must be unique: {list(self.hosts)}")
+        if not PREFIX_RE.match(self.prefix):
+            raise TestbedError(
+                f"bad testbed prefix {self.prefix!r}: use 1-6 lowercase letters or digits, "
+                "starting with a letter (it starts every namespace and link name)"
+            )
+        if not 1 <= self.ssh_port <= 65535:
+            raise TestbedError(f"bad testbed ssh_port {self.ssh_port}: use 1-65535")
+        net = self.network
+        allowed = (BENCHMARK_RANGE, *PRIVATE_RANGES) if self.allow_private_subnet else (
+            BENCHMARK_RANGE,
+        )
+        if not any(net.subnet_of(space) for space in allowed):
+            what = "198.18.0.0/15 or an RFC 1918 range" if self.allow_private_subnet else (
+                "198.18.0.0/15 (the range reserved for network benchmarking)"
+            )
+            raise TestbedError(
+                f"testbed subnet {self.subnet} is outside {what}; pick e.g. 198.18.0.0/24"
+            )
+        needed = FIRST_HOST_OFFSET + len(self.hosts) + 1  # + broadcast
+        if net.num_addresses < needed:
+            raise TestbedError(
+                f"testbed subnet {self.subnet} has {net.num_addresses} addresses, "
+                f"{len(self.hosts)} hosts need at least {needed}; use a larger subnet (e.g. /24)"
+            )
+        if len(f"{self.prefix}-v{len(self.hosts) - 1}") > MAX_IFNAME:
+            raise TestbedError(f"too many testbed hosts for prefix {self.prefix!r}")
+
+    @property
+    def network(self) -> ipaddress.IPv4Network:
+        """The subnet as an :class:`ipaddress.IPv4Network` (raises TestbedError if invalid)."""
+        try:
+            net = ipaddress.ip_network(self.subnet, strict=True)
+        except ValueError as exc:
+            raise TestbedError(
+                f"bad testbed subnet {self.subnet!r}: {exc}; write it like 198.18.0.0/24"
+            ) from exc
+        if not isinstance(net, ipaddress.IPv4Network):
+            raise TestbedError(f"testbed subnet {self.subnet} must be IPv4")
+        return net
+
+
+@dataclass(frozen=True)
+class HostPlan:
+    """Names and address of one testbed host."""
+
+    name: str
+    namespace: str
+    veth: str  # root-namespace end, attached to the bridge
+    peer: str  # namespace end
+    address: str
+
+
+@dataclass(frozen=True)
+class TestbedPlan:
+    """Everything :func:`testbed_up` will make, computed without touching the system."""
+
+    __test__ = False
+
+    config: TestbedConfig
+    bridge: str
+    gateway: str
+    prefixlen: int
+    hosts: tuple[HostPlan, ...]
+
+    def host(self, name: str) -> HostPlan:
+        """The plan of the host called ``name``."""
+        for host in self.hosts:
+            if host.name == name:
+                return host
+        raise TestbedError(f"no testbed host {name!r}; hosts are {[h.name for h in self.hosts]}")
+
+    def up_commands(self) -> list[list[str]]:
+        """The ``ip`` commands that build the network, in order."""
+        cidr = f"/{self.prefixlen}"
+        cmds: list[list[str]] = [
+            ["ip", "link", "add", self.bridge, "type", "bridge"],
+            ["ip", "addr", "add", self.gateway + cidr, "dev", self.bridge],
+            ["ip", "link", "set", self.bridge, "up"],
+        ]
+        for h in self.hosts:
+            cmds += [
+                ["ip", "netns", "add", h.namespace],
+                ["ip", "-n", h.namespace, "link", "set", "lo", "up"],
+                ["ip", "link", "add", h.veth, "type", "veth", "peer", "name", h.peer,
+                 "netns", h.namespace],
+                ["ip", "link", "set", h.veth, "master", self.bridge],
+                ["ip", "link", "set", h.veth, "up"],
+                ["ip", "-n", h.namespace, "addr", "add", h.address + cidr, "dev", h.peer],
+                ["ip", "-n", h.namespace, "link", "set", h.peer, "up"],
+            ]
+        return cmds
+
+    def down_commands(self) -> list[list[str]]:
+        """The ``ip`` commands that remove the network (each may fail if already gone)."""
+        cmds: list[list[str]] = []
+        for h in self.hosts:
+            cmds += [["ip", "link", "del", h.veth], ["ip", "netns", "del", h.namespace]]
+        cmds.append(["ip", "link", "del", self.bridge])
+        return cmds
+
+
+def plan_testbed(config: TestbedConfig) -> TestbedPlan:
+    """Compute names and addresses of a testbed (pure).
+
+    Args:
+        config: the testbed to plan.
+
+    Returns:
+        The plan: bridge ``<prefix>-br`` at subnet + 1, host *i* in namespace ``<prefix>-<host>``
+        at subnet + 10 + *i*, joined by veth ``<prefix>-v<i>`` (root end) / ``eth0`` (inside).
+    """
+    net = config.network
+    hosts = tuple(
+        HostPlan(
+            name=name,
+            namespace=f"{config.prefix}-{name}",
+            veth=f"{config.prefix}-v{i}",
+            peer="eth0",
+            address=str(net.network_address + FIRST_HOST_OFFSET + i),
+        )
+        for i, name in enumerate(config.hosts)
+    )
+    return TestbedPlan(
+        config=config,
+        bridge=f"{config.prefix}-br",
+        gateway=str(net.network_address + 1),
+        prefixlen=net.prefixlen,
+        hosts=hosts,
+    )
+
+
+def sshd_config_text(
+    *, address: str, port: int, host_key: Path, pid_file: Path, authorized_keys: Path
+) -> str:
+    """The sshd_config of one testbed host (pure).
+
+    Args:
+        address: the only address sshd listens on.
+        port: its port.
+        host_key: absolute path of the host's private ed25519 key.
+        pid_file: absolute path of sshd's pid file.
+        authorized_keys: absolute path of the testbed's authorized_keys file.
+
+    Returns:
+        The file's text.
+    """
+    return "\n".join([
+        "# written by torc_stress.cluster.testbed; removed by testbed-down",
+        f"ListenAddress {address}",
+        f"Port {port}",
+        f"HostKey {host_key}",
+        f"PidFile {pid_file}",
+        f"AuthorizedKeysFile {authorized_keys}",
+        "PermitRootLogin prohibit-password",
+        "PubkeyAuthentication yes",
+        "PasswordAuthentication no",
+        "KbdInteractiveAuthentication no",
+        "UsePAM no",
+        "StrictModes no",
+        "UseDNS no",
+        "LogLevel INFO",
+        "PrintMotd no",
+        "MaxStartups 100:30:200",
+        "MaxSessions 100",
+        "ClientAliveInterval 15",
+        "Subsystem sftp internal-sftp",
+        "",
+    ])
+
+
+def known_hosts_entry(address: str, port: int, public_key: str) -> str:
+    """One known_hosts line: ``addr key`` on port 22, ``[addr]:port key`` otherwise (pure)."""
+    key_type, key_b64 = public_key.split()[:2]
+    where = address if port == 22 else f"[{address}]:{port}"
+    return f"{where} {key_type} {key_b64}"
+
+
+# --- the built testbed --------------------------------------------------------------------
+
+
+@dataclass
+class TestbedHost:
+    """One running testbed host."""
+
+    name: str
+    namespace: str
+    address: str
+    port: int
+    sshd_pid: int
+    host_key: Path
+    sshd_config: Path
+    sshd_log: Path
+    torc_root: Path
+
+
+@dataclass
+class Testbed:
+    """A running testbed: what the controller needs to reach its hosts."""
+
+    __test__ = False
+
+    config: TestbedConfig
+    plan: TestbedPlan
+    state_dir: Path
+    client_key: Path
+    known_hosts: Path
+    hosts: dict[str, TestbedHost] = field(default_factory=dict)
+
+    @property
+    def server(self) -> TestbedHost:
+        """The server host (the first host)."""
+        return self.hosts[self.config.hosts[0]]
+
+    @property
+    def workers(self) -> list[TestbedHost]:
+        """The worker hosts (all hosts after the first)."""
+        return [self.hosts[name] for name in self.config.hosts[1:]]
+
+
+class _State:
+    """``state.json``: what has been made so far, saved after every step."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.data: dict[str, Any] = {
+            "schema": 1, "prefix": "", "namespaces": [], "links": [], "pids": {},
+            "files": [], "dirs": [],
+        }
+
+    @classmethod
+    def load(cls, path: Path) -> _State:
+        state = cls(path)
+        try:
+            state.data.update(json.loads(path.read_text()))
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError) as exc:
+            logger.warning("ignoring unreadable testbed state file path=%s error=%s", path, exc)
+        return state
+
+    def add(self, kind: str, value: str) -> None:
+        if value not in self.data[kind]:
+            self.data[kind].append(value)
+        self.save()
+
+    def set_pid(self, host: str, pid: int) -> None:
+        self.data["pids"][host] = pid
+        self.save()
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=1))
+        tmp.replace(self.path)
+
+
+def check_prerequisites() -> None:
+    """Raise TestbedError saying what is missing to build a testbed (root, ip, sshd, ssh-keygen)."""
+    problems = []
+    if os.geteuid() != 0:
+        problems.append("root (network namespaces need CAP_NET_ADMIN/CAP_SYS_ADMIN): run as root")
+    if shutil.which("ip") is None:
+        problems.append("'ip' from iproute2: apt-get install iproute2")
+    if not os.access(SSHD, os.X_OK):
+        problems.append(f"{SSHD} from openssh-server: apt-get install openssh-server")
+    if shutil.which("ssh-keygen") is None:
+        problems.append("'ssh-keygen' from openssh-client: apt-get install openssh-client")
+    if problems:
+        raise TestbedError("the testbed needs " + "; ".join(problems))
+
+
+def _run(cmd: list[str], *, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    logger.debug("testbed run cmd=%s", " ".join(cmd))
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise TestbedError(f"cannot run {' '.join(cmd)}: {exc}") from exc
+    if check and proc.returncode != 0:
+        raise TestbedError(
+            f"{' '.join(cmd)} exited {proc.returncode}: {proc.stderr.strip()}"
+            + _hint(cmd, proc.stderr)
+        )
+    return proc
+
+
+def _hint(cmd: list[str], stderr: str) -> str:
+    if "netns" in cmd and ("Operation not permitted" in stderr or "Permission denied" in stderr):
+        return (". Creating network namespaces needs root with CAP_SYS_ADMIN; in a container, "
+                "run it privileged (docker run --privileged) or use inventory/local.yml instead")
+    if "File exists" in stderr:
+        return ". A leftover of an earlier testbed? Run 'invoke testbed-down' first"
+    return ""
+
+
+def _check_subnet_free(plan: TestbedPlan) -> None:
+    """Refuse a subnet that overlaps an address already configured on this machine."""
+    net = plan.config.network
+    out = _run(["ip", "-4", "-o", "addr", "show"]).stdout
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) < 4:
+            continue
+        ifname, cidr = parts[1], parts[3]
+        if ifname == plan.bridge:
+            continue
+        iface = ipaddress.ip_interface(cidr)
+        if iface.network.overlaps(net):
+            raise TestbedError(
+                f"testbed subnet {net} overlaps {cidr} on interface {ifname}; "
+                "choose another subnet inside 198.18.0.0/15"
+            )
+
+
+def _keygen(path: Path, comment: str, state: _State) -> str:
+    for p in (path, path.with_name(path.name + ".pub")):
+        p.unlink(missing_ok=True)
+    state.add("files", str(path))
+    state.add("files", str(path) + ".pub")
+    _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)])
+    path.chmod(0o600)
+    return path.with_name(path.name + ".pub").read_text().strip()
+
+
+def _write(path: Path, text: str, state: _State, mode: int = 0o644) -> None:
+    state.add("files", str(path))
+    path.write_text(text)
+    path.chmod(mode)
+
+
+def _mkdir(path: Path, state: _State) -> None:
+    missing = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        state.add("dirs", str(d))
+        d.mkdir()
+
+
+def _wait_for_ssh(address: str, port: int, timeout: float, host: str, log: Path) -> None:
+    """Wait until ``address:port`` sends an SSH banner."""
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((address, port), timeout=1.0) as sock:
+                sock.settimeout(2.0)
+                if sock.recv(64).startswith(b"SSH-"):
+                    return
+        except OSError as exc:
+            last = str(exc)
+        time.sleep(0.05)
+    tail = log.read_text(errors="replace")[-500:] if log.exists() else ""
+    raise TestbedError(
+        f"sshd of testbed host {host} did not answer on {address}:{port} within {timeout:g} s "
+        f"({last}); its log {log} ends with: {tail.strip()}"
+    )
+
+
+def _start_sshd(plan: HostPlan, config: Path, log: Path, pid_file: Path, port: int,
+                timeout: float) -> int:
+    _run(["ip", "netns", "exec", plan.namespace, SSHD, "-t", "-f", str(config)])
+    pid_file.unlink(missing_ok=True)
+    _run(["ip", "netns", "exec", plan.namespace, SSHD, "-f", str(config), "-E", str(log)])
+    deadline = time.monotonic() + timeout
+    while not pid_file.exists():
+        if time.monotonic() > deadline:
+            raise TestbedError(f"sshd of testbed host {plan.name} wrote no pid file {pid_file}; "
+                               f"see {log}")
+        time.sleep(0.02)
+    return int(pid_file.read_text().split()[0])
+
+
+def testbed_up(config: TestbedConfig | None = None) -> Testbed:
+    """Build the testbed (as root): namespaces, bridge, veths, sshd per host, keys, known_hosts.
+
+    An existing testbed with the same prefix and state directory is torn down first. On any
+    failure everything made so far is removed again before the error propagates.
+
+    Args:
+        config: the testbed to build (default: 1 server host and 3 worker hosts).
+
+    Returns:
+        The running testbed.
+
+    Raises:
+        TestbedError: not root, a tool is missing, or a step failed (the message says which).
+    """
+    config = config or TestbedConfig()
+    check_prerequisites()
+    plan = plan_testbed(config)
+    testbed_down(config)
+    _check_subnet_free(plan)
+    state_dir = config.state_dir.resolve()
+    try:
+        return _build(config, plan, state_dir)
+    except BaseException:
+        logger.warning("testbed up failed; removing what was made state_dir=%s", state_dir)
+        try:
+            testbed_down(config)
+        except TestbedError as exc:  # pragma: no cover - the original error matters more
+            logger.error("testbed cleanup after a failed up also failed error=%s", exc)
+        raise
+
+
+def _build(config: TestbedConfig, plan: TestbedPlan, state_dir: Path) -> Testbed:
+    started = time.monotonic()
+    _mkdir(state_dir, _NullState())
+    state = _State(state_dir / STATE_FILE)
+    state.data["prefix"] = config.prefix
+    state.save()
+    if not Path("/run/sshd").exists():  # sshd's privilege separation directory
+        _mkdir(Path("/run/sshd"), state)
+
+    # network
+    for cmd in plan.up_commands():
+        if cmd[1:3] == ["link", "add"]:
+            state.add("links", cmd[3])
+        elif cmd[1:3] == ["netns", "add"]:
+            state.add("namespaces", cmd[3])
+        _run(cmd)
+
+    # keys
+    client_key = state_dir / CLIENT_KEY
+    client_pub = _keygen(client_key, "torc-stress-testbed-client", state)
+    authorized_keys = state_dir / AUTHORIZED_KEYS
+    _write(authorized_keys, client_pub + "\n", state, 0o600)
+
+    testbed = Testbed(config=config, plan=plan, state_dir=state_dir, client_key=client_key,
+                      known_hosts=state_dir / KNOWN_HOSTS)
+    known: list[str] = []
+    for h in plan.hosts:
+        host_dir = state_dir / "hosts" / h.name
+        _mkdir(host_dir, state)
+        host_key = host_dir / "ssh_host_ed25519_key"
+        host_pub = _keygen(host_key, f"testbed-{h.name}", state)
+        known.append(known_hosts_entry(h.address, config.ssh_port, host_pub))
+        sshd_config = host_dir / "sshd_config"
+        pid_file = host_dir / "sshd.pid"
+        log = host_dir / "sshd.log"
+        _write(sshd_config, sshd_config_text(
+            address=h.address, port=config.ssh_port, host_key=host_key, pid_file=pid_file,
+            authorized_keys=authorized_keys), state)
+        state.add("files", str(pid_file))
+        state.add("files", str(log))
+        pid = _start_sshd(h, sshd_config, log, pid_file, config.ssh_port, config.ready_timeout)
+        state.set_pid(h.name, pid)
+        testbed.hosts[h.name] = TestbedHost(
+            name=h.name, namespace=h.namespace, address=h.address, port=config.ssh_port,
+            sshd_pid=pid, host_key=host_key, sshd_config=sshd_config, sshd_log=log,
+            torc_root=config.work_root / h.name)
+    _write(testbed.known_hosts, "\n".join(known) + "\n", state)
+    if not config.work_root.exists():
+        _mkdir(config.work_root, state)
+    for host in testbed.hosts.values():
+        _wait_for_ssh(host.address, host.port, config.ready_timeout, host.name, host.sshd_log)
+    logger.info("testbed up hosts=%d subnet=%s state_dir=%s seconds=%.2f", len(plan.hosts),
+                config.subnet, state_dir, time.monotonic() - started)
+    return testbed
+
+
+class _NullState(_State):
+    """A state that records nothing (for the state directory itself, which is kept)."""
+
+    def __init__(self) -> None:
+        super().__init__(Path("/nonexistent"))
+
+    def add(self, kind: str, value: str) -> None:
+        return None
+
+
+def rotate_host_key(config: TestbedConfig, host: str) -> str:
+    """Give one running testbed host a new host key (to show that a changed key is refused).
+
+    The key file is replaced and the host's sshd restarted; the known_hosts file is NOT updated.
+
+    Args:
+        config: the running testbed's config.
+        host: the host whose key changes.
+
+    Returns:
+        The new public key line.
+    """
+    check_prerequisites()
+    plan = plan_testbed(config).host(host)
+    state_dir = config.state_dir.resolve()
+    state = _State.load(state_dir / STATE_FILE)
+    host_dir = state_dir / "hosts" / host
+    old_pid = state.data["pids"].get(host)
+    if old_pid:
+        _terminate([int(old_pid)], host_dir / "sshd_config")
+    new_pub = _keygen(host_dir / "ssh_host_ed25519_key", f"testbed-{host}-rotated", state)
+    pid = _start_sshd(plan, host_dir / "sshd_config", host_dir / "sshd.log",
+                      host_dir / "sshd.pid", config.ssh_port, config.ready_timeout)
+    state.set_pid(host, pid)
+    _wait_for_ssh(plan.address, config.ssh_port, config.ready_timeout, host,
+                  host_dir / "sshd.log")
+    logger.info("testbed host key rotated host=%s", host)
+    return new_pub
+
+
+# --- teardown -----------------------------------------------------------------------------
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie is not alive for our purposes
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _terminate(pids: Iterable[int], must_mention: Path | None = None, grace: float = 5.0) -> None:
+    """SIGTERM then SIGKILL the given pids (only those whose cmdline mentions ``must_mention``)."""
+    targets = []
+    for pid in pids:
+        if pid <= 1 or pid == os.getpid() or not _alive(pid):
+            continue
+        if must_mention is not None and str(must_mention) not in _cmdline(pid):
+            logger.warning("not killing pid=%d: it is no longer the testbed's sshd", pid)
+            continue
+        targets.append(pid)
+    for pid in targets:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace
+    while any(_alive(p) for p in targets) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for pid in targets:
+        if _alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _existing_namespaces() -> list[str]:
+    out = _run(["ip", "netns", "list"], check=False).stdout
+    return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+
+def _existing_links() -> list[str]:
+    out = _run(["ip", "-o", "link", "show"], check=False).stdout
+    names = []
+    for line in out.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) >= 2:
+            names.append(parts[1].strip().split("@")[0])
+    return names
+
+
+def _namespace_pids(namespace: str) -> list[int]:
+    out = _run(["ip", "netns", "pids", namespace], check=False).stdout
+    return [int(tok) for tok in out.split() if tok.isdigit()]
+
+
+def testbed_down(config: TestbedConfig | None = None) -> None:
+    """Remove everything a testbed made: processes, namespaces, links, files, directories.
+
+    Uses ``state.json`` (so a half-finished ``testbed_up`` is undone exactly) and also removes
+    namespaces and links whose names start with ``<prefix>-`` left by a crashed earlier run.
+    Every process still running inside the testbed's namespaces (sshd and anything started over
+    SSH) is terminated. Safe to call when nothing exists.
+
+    Args:
+        config: the testbed to remove (default config if None).
+
+    Raises:
+        TestbedError: not root or ``ip`` missing while something is left to remove, or
+            something could not be removed.
+    """
+    config = config or TestbedConfig()
+    plan = plan_testbed(config)
+    state_dir = config.state_dir.resolve()
+    state = _State.load(state_dir / STATE_FILE)
+    have_ip = shutil.which("ip") is not None
+    namespaces = list(state.data["namespaces"])
+    links = list(state.data["links"])
+    if have_ip:
+        mark = f"{config.prefix}-"
+        namespaces += [n for n in _existing_namespaces() if n.startswith(mark)]
+        links += [ln for ln in _existing_links() if ln.startswith(mark)]
+        namespaces = [n for n in dict.fromkeys(namespaces) if n in _existing_namespaces()]
+        links = [ln for ln in dict.fromkeys(links) if ln in _existing_links()]
+    if (namespaces or links) and os.geteuid() != 0:
+        raise TestbedError("removing the testbed needs root: run 'invoke testbed-down' as root")
+
+    # processes: the recorded sshds (checked by cmdline), then anything left in our namespaces
+    for host, pid in state.data["pids"].items():
+        _terminate([int(pid)], state_dir / "hosts" / host / "sshd_config")
+    for ns in namespaces:
+        _terminate(_namespace_pids(ns))
+
+    for ln in links:
+        _run(["ip", "link", "del", ln], check=False)
+    for ns in namespaces:
+        _run(["ip", "netns", "del", ns], check=False)
+    _wait_gone(namespaces, links)
+
+    for f in state.data["files"]:
+        Path(f).unlink(missing_ok=True)
+    for d in sorted(state.data["dirs"], key=len, reverse=True):
+        path = Path(d)
+        if path == config.work_root.resolve() or path == config.work_root:
+            shutil.rmtree(path, ignore_errors=True)  # per-host roots the testbed handed out
+        else:
+            try:
+                path.rmdir()
+            except OSError:
+                pass
+    (state_dir / STATE_FILE).unlink(missing_ok=True)
+    for d in (state_dir / "hosts", state_dir):
+        try:
+            d.rmdir()
+        except OSError:
+            pass
+    if namespaces or links or state.data["pids"]:
+        logger.info("testbed down namespaces=%d links=%d bridge=%s", len(namespaces), len(links),
+                    plan.bridge)
+
+
+def _wait_gone(namespaces: list[str], links: list[str], timeout: float = 10.0) -> None:
+    if not namespaces and not links:
+        return
+    deadline = time.monotonic() + timeout
+    while True:
+        left = [n for n in namespaces if n in _existing_namespaces()]
+        left += [ln for ln in links if ln in _existing_links()]
+        if not left:
+            return
+        if time.monotonic() > deadline:
+            raise TestbedError(f"testbed down could not remove {left}; remove them by hand "
+                               "with 'ip netns del NAME' / 'ip link del NAME'")
+        time.sleep(0.05)
+
+
+# --- inventory ----------------------------------------------------------------------------
+
+
+def testbed_inventory(testbed_config: TestbedConfig, inventory_dir: Path,
+                      workers_per_host: int = 1) -> dict[str, Any]:
+    """The Ansible YAML inventory of a testbed, as a dict (pure).
+
+    Args:
+        testbed_config: the testbed.
+        inventory_dir: the directory the inventory file will live in; key and known_hosts paths
+            are written relative to it.
+        workers_per_host: ``torc_workers`` of each worker host.
+
+    Returns:
+        ``{"all": {"vars": ..., "children": {"server": ..., "workers": ...}}}``.
+    """
+    plan = plan_testbed(testbed_config)
+    state_dir = Path(os.path.abspath(testbed_config.state_dir))
+    rel = Path(os.path.relpath(state_dir, os.path.abspath(inventory_dir)))
+
+    def host_vars(h: HostPlan, workers: int | None) -> dict[str, Any]:
+        hv: dict[str, Any] = {"ansible_host": h.address}
+        if testbed_config.ssh_port != 22:
+            hv["ansible_port"] = testbed_config.ssh_port
+        hv["torc_root"] = str(testbed_config.work_root / h.name)
+        if workers is not None:
+            hv["torc_workers"] = workers
+        return hv
+
+    server, *workers = plan.hosts
+    return {
+        "all": {
+            "vars": {
+                "ansible_user": "root",
+                "ansible_ssh_private_key_file": str(rel / CLIENT_KEY),
+                "known_hosts": str(rel / KNOWN_HOSTS),
+                "ansible_python_interpreter": "python3",
+            },
+            "children": {
+                "server": {"hosts": {server.name: host_vars(server, None)}},
+                "workers": {"hosts": {w.name: host_vars(w, workers_per_host) for w in workers}},
+            },
+        }
+    }
+
+
+INVENTORY_HEADER = """\
+# The network-namespace testbed on this machine (see torc_stress/cluster/testbed.py).
+# Build it with `invoke testbed-up` (as root), remove it with `invoke testbed-down`.
+# Generated by write_testbed_inventory() from the default TestbedConfig; tests check it matches.
+# Paths are relative to this file. Hosts share this machine's filesystem, so each has its own
+# torc_root. The namespaces reach only the bridge subnet: no package index, no internet.
+"""
+
+
+def testbed_inventory_text(testbed_config: TestbedConfig, inventory_dir: Path,
+                           workers_per_host: int = 1) -> str:
+    """The inventory file's text (pure); see :func:`testbed_inventory`."""
+    data = testbed_inventory(testbed_config, inventory_dir, workers_per_host)
+    return INVENTORY_HEADER + yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
+
+
+def write_testbed_inventory(testbed: Testbed | TestbedConfig, path: Path,
+                            workers_per_host: int = 1) -> Path:
+    """Write the Ansible inventory of a testbed to ``path``.
+
+    Args:
+        testbed: the running testbed (or just its config).
+        path: the inventory file to write (e.g. ``inventory/testbed.yml``).
+        workers_per_host: ``torc_workers`` of each worker host.
+
+    Returns:
+        ``path``.
+    """
+    config = testbed.config if isinstance(testbed, Testbed) else testbed
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(testbed_inventory_text(config, path.parent, workers_per_host))
+    return path
