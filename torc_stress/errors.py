@@ -19,6 +19,7 @@ StressError
     ConflictError        409/422: the request is valid but not in this state
   ServerUnavailable      the server could not be reached at all
   TestbedError           the network-namespace testbed could not be built or removed
+  WheelhouseError        the offline deploy wheelhouse could not be built
   RunDirError            a run directory the report cannot use (exit code 2)
 ```
 """
@@ -143,6 +144,10 @@ class TestbedError(StressError):
     """The network-namespace testbed could not be built or torn down."""
 
     __test__ = False  # not a pytest test class
+
+
+class WheelhouseError(StressError):
+    """The wheelhouse (project + runtime dependencies) for an offline deploy could not be built."""
 
 
 class RunDirError(StressError):
