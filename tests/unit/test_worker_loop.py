@@ -1,0 +1,187 @@
+"""The worker's loop against an in-memory fake server: real `sh -c` children, fake HTTP."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from torc_stress.client import LatencyRecorder
+from torc_stress.errors import ConflictError, ServerUnavailable
+from torc_stress.worker import Worker
+
+DONE = {"completed", "failed", "canceled", "terminated"}
+
+
+class FakeServer:
+    """Just enough of the API for a worker: claim, start, complete, is_complete."""
+
+    url = "http://fake/torc-service/v1"
+
+    def __init__(self, jobs: dict[int, dict[str, Any]], *, fail_completions: int = 0) -> None:
+        self.jobs = jobs
+        self.deps = {jid: set(job.pop("depends_on", ())) for jid, job in jobs.items()}
+        for job in jobs.values():
+            job.setdefault("status", "uninitialized")
+        self.recorder: LatencyRecorder | None = None
+        self.fail_completions = fail_completions
+        self.completion_calls: list[int] = []
+        self.canceled = False
+        self.node: dict[str, Any] = {}
+        self.lock = threading.Lock()
+
+    def _unblock(self) -> None:
+        for jid, job in self.jobs.items():
+            if job["status"] in ("uninitialized", "blocked"):
+                ready = all(self.jobs[d]["status"] in DONE for d in self.deps[jid])
+                job["status"] = "ready" if ready else "blocked"
+
+    def is_uninitialized(self, wf: int) -> bool:
+        return all(j["status"] == "uninitialized" for j in self.jobs.values())
+
+    def initialize_jobs(self, wf: int, *, only_uninitialized: bool = False) -> None:
+        self._unblock()
+
+    def get_workflow_status(self, wf: int) -> dict[str, Any]:
+        return {"id": wf, "run_id": 1, "is_canceled": self.canceled}
+
+    def create_compute_node(self, wf: int, hostname: str, pid: int, **kw: Any) -> dict[str, Any]:
+        self.node = {"id": 7, "hostname": hostname, "pid": pid, "is_active": True}
+        return dict(self.node)
+
+    def update_compute_node(self, node: dict[str, Any]) -> dict[str, Any]:
+        self.node = dict(node)
+        return self.node
+
+    def is_complete(self, wf: int) -> dict[str, Any]:
+        with self.lock:
+            done = all(j["status"] in DONE for j in self.jobs.values())
+        return {"is_complete": done or self.canceled, "is_canceled": self.canceled}
+
+    def claim_next_jobs(self, wf: int, limit: int) -> list[dict[str, Any]]:
+        with self.lock:
+            if self.canceled:
+                return []
+            ready = [j for j in self.jobs.values() if j["status"] == "ready"][:limit]
+            for job in ready:
+                job["status"] = "pending"
+            return [dict(j) for j in ready]
+
+    def start_job(self, job_id: int, run_id: int, node_id: int) -> dict[str, Any]:
+        self.jobs[job_id]["status"] = "running"
+        return dict(self.jobs[job_id])
+
+    def complete_job(self, job_id: int, status: str, run_id: int,
+                     result: dict[str, Any]) -> dict[str, Any]:
+        self.completion_calls.append(job_id)
+        if self.fail_completions > 0:
+            self.fail_completions -= 1
+            raise ServerUnavailable(self.url, "connection refused")
+        with self.lock:
+            job = self.jobs[job_id]
+            if job["status"] in DONE:
+                raise ConflictError(422, "job is already complete")
+            job["status"] = status
+            job["result"] = result
+            self._unblock()
+            return dict(job)
+
+    def batch_complete_jobs(self, wf: int, entries: list[dict[str, Any]]) -> dict[str, Any]:
+        for entry in entries:
+            self.complete_job(entry["job_id"], entry["status"], entry["run_id"], entry["result"])
+        return {"completed": [e["job_id"] for e in entries], "errors": []}
+
+
+def diamond(command: str = "echo hi") -> dict[int, dict[str, Any]]:
+    jobs = {i: {"id": i, "name": f"j{i}", "command": f"{command} {i}"} for i in range(1, 7)}
+    jobs[5]["depends_on"] = (1, 2, 3, 4)
+    jobs[6]["depends_on"] = (5,)
+    return jobs
+
+
+def run_worker(server: FakeServer, tmp_path: Path, **kw: Any) -> tuple[int, Worker]:
+    worker = Worker(server, 1, max_parallel_jobs=kw.pop("max_parallel_jobs", 2),  # type: ignore[arg-type]
+                    output_dir=tmp_path, node_name="w1", **kw)
+    return worker.run(), worker
+
+
+def test_every_job_runs_once_in_dependency_order_and_the_worker_exits_zero(tmp_path: Path) -> None:
+    server = FakeServer(diamond())
+    code, worker = run_worker(server, tmp_path)
+    assert code == 0
+    assert {j["status"] for j in server.jobs.values()} == {"completed"}
+    assert sorted(server.completion_calls) == [1, 2, 3, 4, 5, 6]
+    assert server.completion_calls[-2:] == [5, 6]
+    assert worker.jobs_run == 6
+
+
+def test_each_job_writes_its_stdout_and_stderr_files(tmp_path: Path) -> None:
+    server = FakeServer(diamond("echo out; echo err >&2; echo $TORC_JOB_ID $TORC_WORKFLOW_ID"))
+    run_worker(server, tmp_path)
+    out = (tmp_path / "job_stdio" / "job_wf1_j3_r1_a1.o").read_text()
+    err = (tmp_path / "job_stdio" / "job_wf1_j3_r1_a1.e").read_text()
+    assert out.splitlines() == ["out", "3 1 3"]  # job id, workflow id, then the job's arg
+    assert err.strip() == "err"
+
+
+def test_a_failing_command_is_reported_failed_with_its_return_code(tmp_path: Path) -> None:
+    jobs = {1: {"id": 1, "name": "bad", "command": "exit 3"}}
+    server = FakeServer(jobs)
+    code, worker = run_worker(server, tmp_path)
+    assert code == 0
+    assert jobs[1]["status"] == "failed"
+    assert jobs[1]["result"]["return_code"] == 3
+    assert worker.jobs_failed == 1
+
+
+def test_a_completion_the_server_did_not_take_is_retried_until_taken(tmp_path: Path) -> None:
+    server = FakeServer(diamond(), fail_completions=5)
+    code, worker = run_worker(server, tmp_path)
+    assert code == 0
+    assert {j["status"] for j in server.jobs.values()} == {"completed"}
+    assert worker.retries["complete_job"] == 5
+    assert len(server.completion_calls) == 6 + 5
+
+
+def test_batched_completions_report_every_job(tmp_path: Path) -> None:
+    server = FakeServer(diamond())
+    code, _ = run_worker(server, tmp_path, batch_completions=True, max_parallel_jobs=4)
+    assert code == 0
+    assert {j["status"] for j in server.jobs.values()} == {"completed"}
+
+
+def test_a_canceled_workflow_kills_running_jobs_and_reports_them_terminated(
+        tmp_path: Path) -> None:
+    jobs = {1: {"id": 1, "name": "slow", "command": "sleep 30"}}
+    server = FakeServer(jobs)
+    threading.Timer(0.3, lambda: setattr(server, "canceled", True)).start()
+    started = time.monotonic()
+    code, _ = run_worker(server, tmp_path)
+    assert code == 0
+    assert time.monotonic() - started < 5
+    assert jobs[1]["status"] == "terminated"
+
+
+def test_a_stop_request_lets_running_jobs_finish_and_claims_nothing_more(tmp_path: Path) -> None:
+    jobs = {1: {"id": 1, "name": "a", "command": "sleep 0.5"},
+            2: {"id": 2, "name": "b", "command": "echo b", "depends_on": (1,)}}
+    server = FakeServer(jobs)
+    worker = Worker(server, 1, max_parallel_jobs=1, output_dir=tmp_path,  # type: ignore[arg-type]
+                    node_name="w1")
+    threading.Timer(0.2, worker.request_stop).start()
+    assert worker.run() == 0
+    assert jobs[1]["status"] == "completed"
+    assert jobs[2]["status"] == "ready"
+    assert server.node["is_active"] is False
+
+
+def test_the_worker_writes_its_metrics_file_at_exit(tmp_path: Path) -> None:
+    server = FakeServer(diamond())
+    _, worker = run_worker(server, tmp_path)
+    doc = orjson.loads((tmp_path / f"worker_w1_{worker.pid}_metrics.json").read_bytes())
+    assert doc["jobs_run"] == 6
+    assert doc["compute_node_id"] == 7
+    assert doc["job_wall_ms"]["count"] == 6
