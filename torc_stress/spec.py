@@ -20,7 +20,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -205,7 +205,7 @@ def load_spec(path: Path) -> WorkflowSpec:
         try:
             data = _PARSERS[kind](text)
         except Exception as exc:  # noqa: BLE001 - each parser has its own exception types
-            errors.append(f"{kind}: {exc}")
+            errors.append(f"{kind}: {' '.join(str(exc).split())}")  # one line
             continue
         if not isinstance(data, Mapping):
             errors.append(f"{kind}: the document is a {type(data).__name__}, not a mapping")
@@ -550,7 +550,8 @@ def display_value(value: ParamValue) -> str:
         value: an int, float or string parameter value.
 
     Returns:
-        ``7`` -> ``"7"``, ``1.0`` -> ``"1"``, ``0.1`` -> ``"0.1"``, ``1e20`` -> ``"100000000000000000000"``.
+        The text: ``7`` -> ``"7"``, ``1.0`` -> ``"1"``, ``0.1`` -> ``"0.1"``,
+        ``1e20`` -> ``"100000000000000000000"`` (never an exponent).
     """
     if isinstance(value, float):
         if math.isnan(value):
@@ -570,7 +571,8 @@ def format_value(value: ParamValue, spec: str) -> str:
     """
     if isinstance(value, int) and (match := _INT_FORMAT_RE.match(spec)):
         return f"{value:0{int(match[1])}d}"
-    if isinstance(value, float) and math.isfinite(value) and (match := _FLOAT_FORMAT_RE.match(spec)):
+    match = _FLOAT_FORMAT_RE.match(spec)
+    if isinstance(value, float) and math.isfinite(value) and match:
         return f"{value:.{int(match[1])}f}"
     return display_value(value)
 
@@ -661,7 +663,7 @@ def _combinations(job: JobSpec, params: list[tuple[str, str]]) -> list[list[tupl
                     f"Parameter '{names[0]}' has {len(value_lists[0])} values, but '{name}' has "
                     f"{len(values)} values.", job=job.name, field="parameters",
                 )
-        rows = zip(*value_lists, strict=True)
+        rows: Iterable[tuple[Any, ...]] = zip(*value_lists, strict=True)
     else:
         total = math.prod(len(values) for values in value_lists)
         if total > MAX_EXPANDED:
