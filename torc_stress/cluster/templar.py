@@ -23,7 +23,8 @@ from torc_stress.errors import PlaybookError
 _SINGLE = re.compile(r"^\s*\{\{(?P<expr>(?:(?!\{\{|\}\}).)*)\}\}\s*$", re.DOTALL)
 
 
-def _to_bool(value: Any) -> bool:
+def to_bool(value: Any) -> bool:
+    """Ansible's ``bool`` filter: yes/on/1/true/y/t (any case) are true."""
     if isinstance(value, str):
         return value.strip().lower() in ("yes", "on", "1", "true", "y", "t")
     return bool(value)
@@ -45,7 +46,7 @@ def _make_env() -> jinja2.Environment:
     env = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined,
                                         keep_trailing_newline=True)
     env.filters.update({
-        "bool": _to_bool, "quote": lambda v: shlex.quote(str(v)),
+        "bool": to_bool, "quote": lambda v: shlex.quote(str(v)),
         "basename": lambda v: os.path.basename(str(v)),
         "dirname": lambda v: os.path.dirname(str(v)),
         "to_json": json.dumps, "from_json": json.loads,
