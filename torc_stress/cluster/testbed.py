@@ -461,12 +461,17 @@ def _start_sshd(plan: HostPlan, config: Path, log: Path, pid_file: Path, port: i
     pid_file.unlink(missing_ok=True)
     _run(["ip", "netns", "exec", plan.namespace, SSHD, "-f", str(config), "-E", str(log)])
     deadline = time.monotonic() + timeout
-    while not pid_file.exists():
+    while True:
+        try:
+            text = pid_file.read_text().strip()
+        except FileNotFoundError:
+            text = ""
+        if text.isdigit() and pid_file.read_text().endswith("\n"):
+            return int(text)
         if time.monotonic() > deadline:
             raise TestbedError(f"sshd of testbed host {plan.name} wrote no pid file {pid_file}; "
                                f"see {log}")
         time.sleep(0.02)
-    return int(pid_file.read_text().split()[0])
 
 
 def testbed_up(config: TestbedConfig | None = None) -> Testbed:
@@ -826,3 +831,9 @@ def write_testbed_inventory(testbed: Testbed | TestbedConfig, path: Path,
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(testbed_inventory_text(config, path.parent, workers_per_host))
     return path
+
+
+# Names starting with "test" would be collected by pytest when imported into a test module.
+for _fn in (testbed_up, testbed_down, testbed_inventory, testbed_inventory_text):
+    _fn.__test__ = False  # type: ignore[attr-defined]
+del _fn
