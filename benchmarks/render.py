@@ -36,9 +36,9 @@ def checks_table(results: SuiteResults) -> str:
     rows = []
     for check in checks(results):
         met = {True: "yes", False: "NO", None: "not measured"}[check.met]
-        digits = 0 if check.measured is not None and abs(check.measured) >= 100 else 3
+        digits = 0 if check.target == 0 or abs(check.measured) >= 100 else 3
         rows.append([check.name, _num(check.measured, digits), check.target_text, met])
-    return tabulate(rows, headers=["figure", "measured", "target", "met"])
+    return tabulate(rows, disable_numparse=True, headers=["figure", "measured", "target", "met"])
 
 
 def figures_table(results: SuiteResults) -> str:
@@ -63,7 +63,7 @@ def figures_table(results: SuiteResults) -> str:
         ])
     return (f"{jobs} jobs, {results.settings.slots} slots "
             f"({results.settings.workers} workers x {results.settings.max_parallel_jobs}), "
-            f"median of {results.settings.repeat}\n" + tabulate(rows, headers=[
+            f"median of {results.settings.repeat}\n" + tabulate(rows, disable_numparse=True, headers=[
                 "run", "makespan s", "x floor", "wall s", "server CPU s/1000 jobs",
                 "peak RSS MiB", "hop p50 ms", "hop max ms", "makespans s"]))
 
@@ -87,7 +87,7 @@ def hops_table(results: SuiteResults) -> str:
     for mode in by_mode:
         headers += [f"{mode} ready p50", "ready max", "claim p50", "claim max"]
     return ("hop = dependent's ready_time (or claim_time) - last upstream end_time, ms, "
-            "all repeats\n" + tabulate(rows, headers=headers))
+            "all repeats\n" + tabulate(rows, disable_numparse=True, headers=headers))
 
 
 def latency_table(results: SuiteResults) -> str:
@@ -105,7 +105,7 @@ def latency_table(results: SuiteResults) -> str:
             if any(key in endpoint for key in ("claim", "start_job", "complete")):
                 rows.append([mode, "server", endpoint, *_summary_cells(summary)])
     return ("request latency, ms (median run; worker p50 = count-weighted mean of the workers' "
-            "p50s, tails = worst worker)\n" + tabulate(rows, headers=[
+            "p50s, tails = worst worker)\n" + tabulate(rows, disable_numparse=True, headers=[
                 "mode", "side", "operation", "count", "p50", "p90", "p99", "max"]))
 
 
@@ -127,7 +127,7 @@ def capacity_table(results: SuiteResults) -> str:
             _values([r.per_second for r in measured], 0),
         ])
     return ("capacity: client threads claim(limit) / start_job / complete over HTTP, "
-            "no spawning\n" + tabulate(rows, headers=[
+            "no spawning\n" + tabulate(rows, disable_numparse=True, headers=[
                 "completions", "jobs", "threads", "claim limit", "per s (median)",
                 "per server CPU s", "server cores busy", "client cores busy", "per s, each"]))
 
@@ -141,7 +141,7 @@ def stages_table(results: SuiteResults) -> str:
     rows = [[i + 1, *(_num(c[i]) if i < len(c) else "" for c in columns.values())]
             for i in range(count)]
     return ("stage duration, s (previous barrier end -> own barrier end), median over repeats\n"
-            + tabulate(rows, headers=["stage", *(f"{m}" for m in columns)]))
+            + tabulate(rows, disable_numparse=True, headers=["stage", *(f"{m}" for m in columns)]))
 
 
 def render(results: SuiteResults) -> str:

@@ -167,15 +167,19 @@ def _finite_ms(values: Iterable[float]) -> list[float]:
 
 
 def hops_by_level(hops: Sequence[Hop]) -> list[HopLevel]:
-    """Groups hops by the depth of the dependent job and summarizes each group in ms."""
+    """Groups hops by the depth of the dependent job and summarizes each group in ms.
+
+    Hops of several runs of the same workflow may be passed together: jobs are counted once per
+    name, while the summaries cover every hop.
+    """
     groups: dict[int, list[Hop]] = defaultdict(list)
     for hop in hops:
         groups[hop.depth].append(hop)
     return [
         HopLevel(
             depth=depth,
-            label=level_label([h.name for h in group]),
-            jobs=len(group),
+            label=level_label(sorted({h.name for h in group})),
+            jobs=len({h.name for h in group}),
             ready_ms=summarize(_finite_ms(h.ready_s for h in group)),
             claim_ms=summarize(_finite_ms(h.claim_s for h in group)),
         )

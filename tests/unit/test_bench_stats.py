@@ -150,3 +150,14 @@ def test_a_check_says_whether_its_target_is_met(
     measured: float, target: float, at_most: bool, met: bool | None
 ) -> None:
     assert Check("x", measured, target, at_most).met is met
+
+
+def test_hops_of_repeated_runs_count_each_dependent_job_once() -> None:
+    jobs, edges = _two_stages()
+    hops = hop_latencies(jobs, edges)
+    levels = hops_by_level(hops + hops)
+    assert [(lv.label, lv.jobs, lv.ready_ms["count"]) for lv in levels] == [
+        ("barrier_stage1_complete", 1, 2),
+        ("stage2_* (2)", 2, 4),
+        ("barrier_stage2_complete", 1, 2),
+    ]
