@@ -19,7 +19,7 @@ from typing import Any
 
 from torc_stress.cluster import templar
 from torc_stress.cluster.inventory import Host, Inventory
-from torc_stress.cluster.modules import MODULES, ModuleContext, is_sequence, run_module
+from torc_stress.cluster.modules import ModuleContext, is_sequence, render_args, run_module
 from torc_stress.cluster.playbook import Play, Playbook, Task, load_playbook
 from torc_stress.cluster.templar import LazyVars
 from torc_stress.cluster.transport import ConnectionCache
@@ -190,7 +190,8 @@ class _Run:
         try:
             return self.outcome(task, self.run_loop(task, host, variables), variables)
         except UnreachableError as exc:
-            return _Outcome(Status.UNREACHABLE, {"unreachable": True, "msg": str(exc)}, str(exc))
+            reason = str(exc).removeprefix(f"{exc.host}: ")
+            return _Outcome(Status.UNREACHABLE, {"unreachable": True, "msg": reason}, reason)
         except PlaybookError as exc:
             message = f"task {task.name!r}: {exc}"
             return _Outcome(Status.FAILED, {"failed": True, "changed": False, "msg": message},
@@ -234,9 +235,7 @@ class _Run:
                     "skip_reason": "Conditional result was False",
                     "false_condition": next(str(c) for c in task.when
                                             if not templar.conditional(c, variables))}
-        spec = MODULES[task.module]
-        args = {key: value if key in spec.untemplated else templar.template_value(value, variables)
-                for key, value in task.args.items()}
+        args = render_args(task.module, task.args, variables)
         ctx = ModuleContext(
             host=host.name, transport=lambda: self.connections.get(host), timeout=task.timeout,
             env=_environment(task, variables), base_dir=self.base_dir, vars=variables,

@@ -358,6 +358,18 @@ def check_args(module: str, args: Mapping[str, Any]) -> str | None:
     return None
 
 
+def render_args(module: str, args: Mapping[str, Any], variables: Mapping[str, Any]
+                ) -> dict[str, Any]:
+    """Template ``args`` for ``module`` (bare-expression arguments are left for the module).
+
+    Raises:
+        PlaybookError: An undefined variable or a bad template.
+    """
+    untemplated = MODULES[module].untemplated
+    return {key: value if key in untemplated else templar.template_value(value, variables)
+            for key, value in args.items()}
+
+
 def run_module(module: str, args: dict[str, Any], ctx: ModuleContext) -> Result:
     """Run ``module`` with already-templated ``args``; host errors become failed results.
 
@@ -370,7 +382,7 @@ def run_module(module: str, args: dict[str, Any], ctx: ModuleContext) -> Result:
     except UnreachableError:
         raise
     except HostError as exc:
-        result = {"changed": False, "failed": True, "msg": str(exc)}
+        result = {"changed": False, "failed": True, "msg": str(exc).removeprefix(f"{exc.host}: ")}
     result.setdefault("changed", False)
     result.setdefault("failed", False)
     return result
