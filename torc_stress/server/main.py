@@ -1,0 +1,231 @@
+"""The server process: settings, start-up recovery, uvicorn, metrics file, graceful shutdown."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hmac
+import logging
+import os
+import socket
+import sqlite3
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from torc_stress.errors import ConfigError
+from torc_stress.logs import configure_logging, kv
+from torc_stress.server.app import Api, build_app, error_response
+from torc_stress.server.metrics import Metrics
+from torc_stress.server.state import ServerState
+from torc_stress.server.store import ReadPool, create_schema, open_writer_connection
+from torc_stress.server.unblocker import UnblockerThread
+from torc_stress.server.writer import Writer, is_lock_error
+
+logger = logging.getLogger(__name__)
+
+METRICS_INTERVAL_S = 2.0
+
+
+@dataclass
+class ServerSettings:
+    """Everything ``torc-stress server run`` accepts (see docs/internals.md)."""
+
+    database: Path
+    host: str = "127.0.0.1"
+    port: int = 8080
+    log_level: str = "info"
+    log_file: Path | None = None
+    metrics_file: Path | None = None
+    unblock_delay: float = 0.0
+    lock_error_after: float = 45.0
+    token_file: Path | None = None
+
+
+def unblock_op(conn: sqlite3.Connection, state: ServerState) -> dict[str, Any]:
+    """The writer op that runs one unblock pass over every pending completion."""
+    return state.op_unblock(conn)
+
+
+def write_metrics_file(metrics: Metrics, path: Path) -> None:
+    """Writes the metrics document atomically (temp file + rename)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(orjson.dumps(metrics.document(), option=orjson.OPT_INDENT_2))
+    os.replace(tmp, path)
+
+
+def _open_database(path: Path, lock_error_after: float) -> sqlite3.Connection:
+    started = time.monotonic()
+    attempt = 0
+    while True:
+        try:
+            conn = open_writer_connection(path)
+            create_schema(conn)
+            return conn
+        except sqlite3.OperationalError as exc:
+            if not is_lock_error(exc) or time.monotonic() - started > lock_error_after:
+                raise
+            attempt += 1
+            logger.debug("database is locked, retrying", extra=kv(op="open", attempt=attempt))
+            time.sleep(0.05)
+
+
+def _token_middleware(app: Any, token: str) -> Any:
+    expected_basic = {base64.b64encode(f"{u}:{token}".encode()).decode() for u in ("token",)}
+
+    async def middleware(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        header = dict(scope.get("headers") or ()).get(b"authorization", b"").decode("latin-1")
+        ok = False
+        if header.startswith("Bearer "):
+            ok = hmac.compare_digest(header[7:].strip(), token)
+        elif header.startswith("Basic "):
+            raw = header[6:].strip()
+            try:
+                password = base64.b64decode(raw).decode().split(":", 1)[1]
+                ok = hmac.compare_digest(password, token) or raw in expected_basic
+            except (ValueError, IndexError):
+                ok = False
+        if ok or scope.get("path", "").endswith("/ping"):
+            await app(scope, receive, send)
+            return
+        response = error_response(401, "missing or wrong token; pass the run's token")
+        await response(scope, receive, send)
+
+    return middleware
+
+
+def serve(settings: ServerSettings) -> int:
+    """Runs the server until SIGTERM/SIGINT; returns the exit code.
+
+    Prints ``TORC_SERVER_PORT=<port>`` as the first line on stdout once the socket is bound.
+    """
+    import uvicorn
+
+    configure_logging(settings.log_level, settings.log_file)
+    if settings.unblock_delay < 0 or settings.lock_error_after <= 0:
+        raise ConfigError("--unblock-delay must be >= 0 and --lock-error-after > 0")
+    token = None
+    if settings.token_file is not None:
+        token = Path(settings.token_file).read_text(encoding="utf-8").strip()
+        if not token:
+            raise ConfigError(f"token file {settings.token_file} is empty")
+    db_path = Path(settings.database)
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    metrics = Metrics()
+    conn = _open_database(db_path, settings.lock_error_after)
+    state = ServerState(metrics, settings.unblock_delay)
+    state.conn = conn
+    state.load(conn)
+    writer = Writer(conn, state, metrics, settings.lock_error_after)
+    writer.start()
+    if state.pending_unblock:
+        logger.info("redoing unblocking lost at the last stop",
+                    extra=kv(completions=len(state.pending_unblock)))
+        writer.call("unblock", unblock_op, state)
+    unblocker = None
+    if settings.unblock_delay > 0:
+        unblocker = UnblockerThread(settings.unblock_delay,
+                                    lambda: writer.call("unblock", unblock_op, state))
+        state.wake_unblocker = unblocker.wake
+        unblocker.start()
+    reads = ReadPool(db_path)
+    api = Api(state, writer, reads, metrics)
+    app: Any = build_app(api)
+    if token is not None:
+        app = _token_middleware(app, token)
+
+    sock = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((settings.host, settings.port))
+    sock.listen(1024)
+    port = sock.getsockname()[1]
+    sys.stdout.write(f"TORC_SERVER_PORT={port}\n")
+    sys.stdout.flush()
+    logger.info("server listening", extra=kv(host=settings.host, port=port, database=db_path,
+                                             unblock_delay=settings.unblock_delay))
+
+    stop_metrics = threading.Event()
+    metrics_thread = None
+    if settings.metrics_file is not None:
+        metrics_path = Path(settings.metrics_file)
+        metrics_path.parent.mkdir(parents=True, exist_ok=True)
+
+        def dump_loop() -> None:
+            while not stop_metrics.wait(METRICS_INTERVAL_S):
+                try:
+                    write_metrics_file(metrics, metrics_path)
+                except OSError:
+                    logger.warning("cannot write the metrics file", extra=kv(path=metrics_path))
+
+        metrics_thread = threading.Thread(target=dump_loop, name="metrics", daemon=True)
+        metrics_thread.start()
+
+    config = uvicorn.Config(app, loop="uvloop", http="httptools", log_config=None,
+                            access_log=False, lifespan="off", timeout_keep_alive=30,
+                            backlog=1024)
+    server = uvicorn.Server(config)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        logger.info("shutting down: finishing queued writes")
+        if unblocker is not None:
+            unblocker.stop()
+        writer.stop()
+        stop_metrics.set()
+        if settings.metrics_file is not None:
+            write_metrics_file(metrics, Path(settings.metrics_file))
+        reads.close()
+        try:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error:
+            pass
+        conn.close()
+        logger.info("server stopped", extra=kv(lock_errors=metrics.lock_errors))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``server run`` flags (also used by ``python -m torc_stress.server.main``)."""
+    parser = argparse.ArgumentParser(prog="torc-stress server run",
+                                     description="Run the torc-compatible workflow server.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--database", type=Path, required=True)
+    parser.add_argument("--log-level", default="info",
+                        choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-file", type=Path)
+    parser.add_argument("--metrics-file", type=Path)
+    parser.add_argument("--unblock-delay", type=float, default=0.0)
+    parser.add_argument("--lock-error-after", type=float, default=45.0)
+    parser.add_argument("--token-file", type=Path)
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> ServerSettings:
+    """Turns parsed flags into :class:`ServerSettings`."""
+    return ServerSettings(database=args.database, host=args.host, port=args.port,
+                          log_level=args.log_level, log_file=args.log_file,
+                          metrics_file=args.metrics_file, unblock_delay=args.unblock_delay,
+                          lock_error_after=args.lock_error_after, token_file=args.token_file)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point for ``python -m torc_stress.server.main``."""
+    args = build_parser().parse_args(argv)
+    try:
+        return serve(settings_from_args(args))
+    except ConfigError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
