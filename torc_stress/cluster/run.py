@@ -1,0 +1,615 @@
+"""``cluster-run``: deploy, start, run, watch, then always stop and gather, and record the run.
+
+The phases, in order (each timed into ``run.json``):
+
+1. *prepare* (nothing touched yet): load and validate the inventory, every playbook and the
+   workflow spec; make ``runs/<run-id>/``.
+2. *deploy*: build the wheelhouse when a host needs it, run ``playbooks/deploy.yml`` (it first
+   checks that every host answers).
+3. *start_server*: ``playbooks/start_server.yml``, then wait until the server answers ``/ping``.
+4. *create*: create the workflow from the controller (``submit_plan``).
+5. *start_workers*: ``playbooks/start_workers.yml`` on every worker host in parallel.
+6. *run*: poll ``/workflows/{id}/progress`` until the workflow completes or the deadline passes.
+7. *stop* and *gather*, always (also after a failure or Ctrl-C): ``playbooks/stop.yml``, then
+   ``playbooks/gather.yml``, and the fetched tarballs are unpacked into ``hosts/<host>/``.
+
+Policy for unreachable hosts (``on_unreachable``): ``abort`` stops the run (exit code 4);
+``continue`` goes on without them as long as the server host and one worker host answer.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import logging
+import platform
+import secrets
+import shutil
+import sys
+import time
+from collections.abc import Callable, Mapping
+from contextlib import suppress
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torc_stress
+from torc_stress.client import TorcClient
+from torc_stress.cluster import gather
+from torc_stress.cluster.executor import PlaybookResult, TaskEvent, run_playbook
+from torc_stress.cluster.inventory import Host, Inventory, load_inventory
+from torc_stress.cluster.playbook import Playbook, load_playbook
+from torc_stress.cluster.progress import ProgressSnapshot, ProgressTracker
+from torc_stress.cluster.settings import RunSettings
+from torc_stress.cluster.transport import ConnectionCache, Transport, connect
+from torc_stress.errors import ConfigError, ServerUnavailable, StressError
+from torc_stress.spec import WorkflowPlan, expand, load_spec
+from torc_stress.workflows import contention_workflow, write_workflow
+
+log = logging.getLogger(__name__)
+
+PLAYBOOKS = ("deploy", "start_server", "start_workers", "stop", "gather")
+API_PATH = "/torc-service/v1"
+LOCAL_ROOT = "runs/.local"
+
+#: Exit codes of a run (ansible-playbook's where they overlap).
+EXIT_OK, EXIT_FAILED, EXIT_PLAYBOOK, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 4, 130
+
+ProgressCallback = Callable[[ProgressSnapshot], None]
+EventCallback = Callable[[TaskEvent], None]
+PlaybookCallback = Callable[[str, PlaybookResult], None]
+
+
+class RunAborted(StressError):
+    """The run stopped before the workflow finished; ``exit_code`` says why."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_FAILED) -> None:
+        self.exit_code = exit_code
+        super().__init__(message)
+
+
+@dataclass
+class RunOutcome:
+    """What a cluster run produced.
+
+    Attributes:
+        run_id: the run's id (``<UTC time>-<suffix>``).
+        run_dir: ``runs/<run-id>/`` with ``run.json`` and ``hosts/<host>/``.
+        outcome: ``completed``, ``deadline``, ``failed`` or ``interrupted``.
+        exit_code: 0 completed; 1 not completed or jobs failed; 2 a playbook failed on a host;
+            4 a host was unreachable; 130 interrupted.
+        message: one line saying why, when the run did not complete.
+        workflow_id: the workflow's id on the server, once created.
+        total_jobs: jobs in the workflow.
+        counts: jobs per status at the end (from the gathered database when there is one).
+        completed_per_host: completed jobs per worker host (from the gathered database).
+        total_s: wall time of the whole run.
+        phases: per phase ``{"start", "end", "seconds"}`` relative to the run's start.
+        unreachable: host -> reason, for hosts that could not be reached.
+        playbooks: the result of each playbook run, by playbook name.
+    """
+
+    run_id: str
+    run_dir: Path
+    outcome: str = "failed"
+    exit_code: int = EXIT_FAILED
+    message: str = ""
+    workflow_id: int | None = None
+    total_jobs: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+    completed_per_host: dict[str, int] = field(default_factory=dict)
+    total_s: float = 0.0
+    phases: dict[str, dict[str, float]] = field(default_factory=dict)
+    unreachable: dict[str, str] = field(default_factory=dict)
+    playbooks: dict[str, PlaybookResult] = field(default_factory=dict)
+
+
+def new_run_id(now: datetime | None = None, suffix: str | None = None) -> str:
+    """A run id: UTC time plus a short random suffix, e.g. ``20261128T213012Z-4f2a``."""
+    stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
+    return f"{stamp}-{suffix or secrets.token_hex(2)}"
+
+
+def make_run_dir(settings: RunSettings, run_id: str) -> Path:
+    """Creates the run directory (``settings.run_dir`` or ``<runs_root>/<run_id>``)."""
+    run_dir = settings.run_dir or settings.runs_root / run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / gather.HOSTS_DIR).mkdir(exist_ok=True)
+    return run_dir
+
+
+def known_hosts_for(host: Host, inventory: Inventory) -> Path | None:
+    """The known_hosts file for ``host``: its ``known_hosts`` var, relative to the inventory."""
+    value = host.vars.get("known_hosts")
+    if not value:
+        return None
+    path = Path(str(value)).expanduser()
+    return path if path.is_absolute() else (inventory.path.parent / path).resolve()
+
+
+def connection_cache(inventory: Inventory, *, connect_timeout: float = 10.0,
+                     keepalive: float = 15.0) -> ConnectionCache:
+    """One connection per host, each verified against that host's known_hosts file."""
+    def factory(host: Host) -> Transport:
+        return connect(host, known_hosts=known_hosts_for(host, inventory),
+                       connect_timeout=connect_timeout, keepalive=keepalive)
+    return ConnectionCache(factory=factory)
+
+
+def needs_deploy(host: Host) -> bool:
+    """Whether ``host`` gets the wheelhouse (every host unless ``torc_deploy: false``)."""
+    value = host.vars.get("torc_deploy", True)
+    if not isinstance(value, bool):
+        raise ConfigError(f"host {host.name}: torc_deploy must be true or false, got {value!r}")
+    return value
+
+
+def controller_torc_bin() -> str:
+    """The ``torc-stress`` script of the interpreter running the harness (for local hosts)."""
+    beside = Path(sys.executable).parent / "torc-stress"
+    if beside.is_file():
+        return str(beside)
+    found = shutil.which("torc-stress")
+    if found:
+        return found
+    raise ConfigError("no torc-stress script next to this Python; install the project first: "
+                      f"{sys.executable} -m pip install -e .")
+
+
+def load_playbooks(project_root: Path) -> dict[str, Playbook]:
+    """Loads and validates every harness playbook (raises PlaybookError before any host)."""
+    return {name: load_playbook(project_root / "playbooks" / f"{name}.yml") for name in PLAYBOOKS}
+
+
+def workflow_plan(settings: RunSettings, run_dir: Path) -> tuple[Path, WorkflowPlan]:
+    """The workflow to run: generated into the run directory, or the given/seed spec."""
+    if settings.generates_workflow:
+        spec = contention_workflow(settings.stages, settings.jobs_per_stage)
+        path = write_workflow(spec, run_dir / "workflow.yaml")
+    else:
+        path = settings.workflow_path
+    return path, expand(load_spec(path))
+
+
+def server_url(server: Host, port: int) -> str:
+    """The URL workers and the controller use: the server host's bind address and port."""
+    address = str(server.vars.get("torc_bind") or server.address)
+    if address in ("0.0.0.0", "::"):
+        address = server.address
+    if ":" in address:
+        address = f"[{address}]"
+    return f"http://{address}:{port}{API_PATH}"
+
+
+def registered_port(result: PlaybookResult, server: str) -> int:
+    """The port start_server.yml read back from the server's first stdout line."""
+    try:
+        return int(str(result.registered[server]["server_port"]["stdout"]).strip())
+    except (KeyError, ValueError) as exc:
+        raise RunAborted(f"{server}: the server did not report its port; see "
+                         "server.out in its run directory", EXIT_PLAYBOOK) from exc
+
+
+def wait_for_server(client: TorcClient, timeout: float, *, interval: float = 0.2) -> float:
+    """Pings until the server answers; returns the seconds it took.
+
+    Raises:
+        RunAborted: no answer within ``timeout`` seconds.
+    """
+    started = time.monotonic()
+    while True:
+        try:
+            client.ping()
+            return time.monotonic() - started
+        except ServerUnavailable as exc:
+            if time.monotonic() - started > timeout:
+                raise RunAborted(f"the server did not answer within {timeout:g} s: {exc}") from exc
+            time.sleep(interval)
+
+
+@dataclass
+class _Clock:
+    started: float = field(default_factory=time.monotonic)
+    phases: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def begin(self, name: str) -> None:
+        self.phases[name] = {"start": round(time.monotonic() - self.started, 3)}
+
+    def end(self, name: str) -> None:
+        phase = self.phases.get(name)
+        if phase is not None and "end" not in phase:
+            phase["end"] = round(time.monotonic() - self.started, 3)
+            phase["seconds"] = round(phase["end"] - phase["start"], 3)
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+
+class Harness:
+    """The inventory, playbooks and variables of one run id; runs single playbooks.
+
+    Args:
+        settings: validated settings.
+        run_id: the run's id (a new one when None).
+        on_event: called for each task result on each host.
+        on_playbook: called with each playbook's name and result.
+
+    Raises:
+        InventoryError, PlaybookError, ConfigError: before any host is touched.
+    """
+
+    def __init__(self, settings: RunSettings, *, run_id: str | None = None,
+                 on_event: EventCallback | None = None,
+                 on_playbook: PlaybookCallback | None = None) -> None:
+        self.settings = settings
+        self.on_event, self.on_playbook = on_event, on_playbook
+        self.started_at = datetime.now(UTC)
+        self.run_id = run_id or new_run_id(self.started_at)
+        self.inventory = load_inventory(settings.inventory)
+        self.playbooks = load_playbooks(settings.project_root)
+        if not self.inventory.workers:
+            raise ConfigError(f"{settings.inventory}: group workers has no hosts")
+        self.deploy_hosts = [h.name for h in self.inventory.hosts.values() if needs_deploy(h)]
+        self.run_dir = settings.run_dir or settings.runs_root / self.run_id
+        self.extra_vars: dict[str, Any] = self._base_vars()
+        self.excluded: set[str] = set()
+        self.results: dict[str, PlaybookResult] = {}
+
+    def _base_vars(self) -> dict[str, Any]:
+        s = self.settings
+        variables: dict[str, Any] = {
+            "run_id": self.run_id,
+            "torc_default_root": str(s.project_root / LOCAL_ROOT),
+            "controller_run_dir": str(self.run_dir.resolve()),
+            "log_level": s.log_level,
+            "max_parallel_jobs": s.max_parallel_jobs,
+            "workers_per_host": s.workers_per_host,
+            "stop_grace_s": int(max(1, round(s.stop_grace_s))),
+            "wheelhouse_tarball": "",
+            "wheelhouse_digest": "none",
+        }
+        if len(self.deploy_hosts) < len(self.inventory.hosts):
+            variables["torc_bin"] = controller_torc_bin()
+            variables["torc_controller_python"] = sys.executable
+        return variables
+
+    def connections(self) -> ConnectionCache:
+        """A connection cache verifying each host against its known_hosts file."""
+        return connection_cache(self.inventory)
+
+    def build_wheelhouse(self) -> None:
+        """Builds (or reuses) the wheelhouse when a host needs it; sets the deploy vars."""
+        if not self.deploy_hosts:
+            return
+        from torc_stress.cluster.wheelhouse import build_wheelhouse
+
+        wheelhouse = build_wheelhouse(self.settings.project_root, self.settings.wheelhouse_cache)
+        self.extra_vars["wheelhouse_tarball"] = str(wheelhouse.tarball)
+        self.extra_vars["wheelhouse_digest"] = wheelhouse.digest
+
+    def play(self, name: str, connections: ConnectionCache, **extra: Any) -> PlaybookResult:
+        """Runs one harness playbook on the hosts still in the run."""
+        hosts = [h for h in self.inventory.hosts if h not in self.excluded]
+        result = run_playbook(
+            self.playbooks[name], self.inventory, extra_vars={**self.extra_vars, **extra},
+            connections=connections, on_event=self.on_event, forks=self.settings.forks,
+            limit=hosts if self.excluded else None)
+        self.results[name] = result
+        if self.on_playbook is not None:
+            self.on_playbook(name, result)
+        return result
+
+
+def run_step(settings: RunSettings, name: str, *, run_id: str,
+             on_event: EventCallback | None = None,
+             on_playbook: PlaybookCallback | None = None, **extra: Any) -> PlaybookResult:
+    """Runs one harness playbook on its own (the step tasks: ``deploy``, ``stop``...).
+
+    ``deploy`` builds the wheelhouse first; ``gather`` unpacks the fetched tarballs into
+    ``<runs_root>/<run_id>/hosts/<host>/`` afterwards.
+
+    Args:
+        settings: validated settings (inventory, runs root...).
+        name: one of :data:`PLAYBOOKS`.
+        run_id: the run the processes and files belong to.
+        on_event: called for each task result on each host.
+        on_playbook: called with the playbook's name and result.
+        **extra: more extra vars (``server_url``, ``workflow_id`` for ``start_workers``).
+
+    Returns:
+        The playbook's result (``exit_code`` 0/2/4 as ansible-playbook's).
+    """
+    if name not in PLAYBOOKS:
+        raise ConfigError(f"unknown step {name!r}; steps: {', '.join(PLAYBOOKS)}")
+    harness = Harness(settings, run_id=run_id, on_event=on_event, on_playbook=on_playbook)
+    if name == "deploy":
+        harness.build_wheelhouse()
+    if name == "gather":
+        (harness.run_dir / gather.HOSTS_DIR).mkdir(parents=True, exist_ok=True)
+    with harness.connections() as connections:
+        result = harness.play(name, connections, **extra)
+    if name == "gather":
+        gather.unpack_host_tarballs(harness.run_dir, list(harness.inventory.hosts))
+    return result
+
+
+class _ClusterRun(Harness):
+    """One cluster run's state; :func:`cluster_run` is the public entry point."""
+
+    def __init__(self, settings: RunSettings, on_progress: ProgressCallback | None,
+                 on_event: EventCallback | None, on_playbook: PlaybookCallback | None) -> None:
+        super().__init__(settings, on_event=on_event, on_playbook=on_playbook)
+        self.on_progress = on_progress
+        self.clock = _Clock()
+        make_run_dir(settings, self.run_id)
+        self.outcome = RunOutcome(self.run_id, self.run_dir)
+        self.outcome.playbooks = self.results
+        self.workflow_path, self.plan = workflow_plan(settings, self.run_dir)
+        self.outcome.total_jobs = len(self.plan.jobs)
+        self.started_hosts = False
+        self.url: str | None = None
+        self.tracker = ProgressTracker()
+
+    # ---------------------------------------------------------------- playbooks
+
+    def check(self, name: str, result: PlaybookResult) -> None:
+        """Applies the unreachable policy and stops the run on a failed host."""
+        if result.unreachable:
+            self.outcome.unreachable.update(result.unreachable)
+            self.apply_unreachable_policy(name, result.unreachable)
+        if result.failures:
+            hosts = ", ".join(sorted(result.failures))
+            first = next(iter(result.failures.values()))
+            raise RunAborted(f"{name}.yml failed on {hosts}: {first}", EXIT_PLAYBOOK)
+
+    def apply_unreachable_policy(self, name: str, unreachable: Mapping[str, str]) -> None:
+        hosts = ", ".join(sorted(unreachable))
+        server = self.inventory.server.name
+        workers_left = [w.name for w in self.inventory.workers
+                        if w.name not in unreachable and w.name not in self.excluded]
+        if self.settings.on_unreachable == "abort" or server in unreachable or not workers_left:
+            raise RunAborted(f"{name}.yml: unreachable: {hosts} (policy: "
+                             f"{self.settings.on_unreachable})", EXIT_UNREACHABLE)
+        log.warning("continuing without unreachable hosts %s", hosts)
+        self.excluded.update(unreachable)
+
+    def timed(self, phase: str, name: str, connections: ConnectionCache,
+              **extra: Any) -> PlaybookResult:
+        self.clock.begin(phase)
+        try:
+            result = self.play(name, connections, **extra)
+        finally:
+            self.clock.end(phase)
+        self.check(name, result)
+        return result
+
+    # ---------------------------------------------------------------- phases
+
+    def deploy(self, connections: ConnectionCache) -> None:
+        self.clock.begin("wheelhouse")
+        self.build_wheelhouse()
+        self.clock.end("wheelhouse")
+        self.timed("deploy", "deploy", connections)
+
+    def start_server(self, connections: ConnectionCache) -> TorcClient:
+        self.started_hosts = True
+        result = self.timed("start_server", "start_server", connections)
+        server = self.inventory.server
+        self.url = server_url(server, registered_port(result, server.name))
+        client = TorcClient(self.url, timeout=30.0)
+        self.clock.begin("server_ready")
+        wait_for_server(client, self.settings.server_timeout_s)
+        self.clock.end("server_ready")
+        return client
+
+    def create_workflow(self, client: TorcClient) -> int:
+        self.clock.begin("create")
+        workflow_id = _submit(client, self.plan, user=getpass.getuser())
+        self.clock.end("create")
+        self.outcome.workflow_id = workflow_id
+        return workflow_id
+
+    def start_workers(self, connections: ConnectionCache, workflow_id: int) -> None:
+        self.timed("start_workers", "start_workers", connections,
+                   server_url=self.url, workflow_id=workflow_id)
+
+    def watch(self, client: TorcClient, workflow_id: int) -> str:
+        """Polls progress until complete or the deadline; returns the outcome."""
+        self.clock.begin("run")
+        started = time.monotonic()
+        deadline = started + self.settings.deadline_s
+        failures_since: float | None = None
+        try:
+            while True:
+                now = time.monotonic()
+                try:
+                    snap = self.tracker.update(client.progress(workflow_id), now - started)
+                    failures_since = None
+                except ServerUnavailable as exc:
+                    failures_since = failures_since or now
+                    if now - failures_since > self.settings.server_timeout_s:
+                        raise RunAborted(f"lost the server during the run: {exc}") from exc
+                    snap = None
+                if snap is not None and self.on_progress is not None:
+                    self.on_progress(snap)
+                if snap is not None and snap.finished:
+                    return "completed" if _all_completed(snap.counts) else "failed"
+                if now >= deadline:
+                    return "deadline"
+                time.sleep(min(self.settings.poll_interval_s, max(0.0, deadline - now)) or 0.05)
+        finally:
+            self.clock.end("run")
+
+    def stop_and_gather(self, connections: ConnectionCache) -> None:
+        """Stops every process of the run, gathers artifacts; never raises a StressError."""
+        for phase, name in (("stop", "stop"), ("gather", "gather")):
+            self.clock.begin(phase)
+            try:
+                result = self.play(name, connections)
+                self.outcome.unreachable.update(result.unreachable)
+            except StressError as exc:
+                log.error("%s.yml could not run: %s", name, exc)
+            finally:
+                self.clock.end(phase)
+        self.clock.begin("unpack")
+        try:
+            gather.unpack_host_tarballs(self.run_dir, list(self.inventory.hosts))
+        except StressError as exc:
+            log.error("%s", exc)
+        self.clock.end("unpack")
+
+    def read_results(self) -> None:
+        """Fills counts and per-host completions from the gathered database."""
+        workflow_id = self.outcome.workflow_id
+        db = gather.find_server_db(self.run_dir, self.inventory.server.name)
+        if workflow_id is None:
+            return
+        if db is not None:
+            with suppress(StressError):
+                self.outcome.counts = gather.job_counts(db, workflow_id)
+                self.outcome.completed_per_host = gather.completed_per_host(db, workflow_id)
+                return
+        last = self.tracker.last
+        if last is not None:
+            self.outcome.counts = dict(last.counts)
+
+    # ---------------------------------------------------------------- record
+
+    def host_records(self) -> dict[str, Any]:
+        versions = self.results.get("deploy")
+        registered = versions.registered if versions else {}
+        records = {}
+        for host in self.inventory.hosts.values():
+            info = _parse_versions(registered.get(host.name, {}).get("host_versions"))
+            records[host.name] = {
+                "roles": [g for g in host.groups if g in ("server", "workers")],
+                "address": host.address, "connection": host.connection,
+                "workers": _worker_count(host, self.settings) if "workers" in host.groups else 0,
+                "deployed": host.name in self.deploy_hosts,
+                **info,
+            }
+        return records
+
+    def run_record(self) -> dict[str, Any]:
+        o, inv = self.outcome, self.inventory
+        return {
+            "schema": 1,
+            "run_id": self.run_id,
+            "started_at": self.started_at.isoformat(),
+            "finished_at": datetime.now(UTC).isoformat(),
+            "controller": {"python": platform.python_version(), "host": platform.node(),
+                           "torc_stress": torc_stress.__version__},
+            "inventory": {"path": _relative(inv.path, self.settings.project_root),
+                          "server": inv.server.name,
+                          "workers": {w.name: _worker_count(w, self.settings)
+                                      for w in inv.workers}},
+            "hosts": self.host_records(),
+            "settings": self.settings.to_record(),
+            "workflow": {"path": _relative(self.workflow_path, self.settings.project_root),
+                         "name": self.plan.name, "id": o.workflow_id, "jobs": o.total_jobs},
+            "server": {"host": inv.server.name, "url": self.url},
+            "phases": self.clock.phases,
+            "outcome": o.outcome,
+            "exit_code": o.exit_code,
+            "message": o.message,
+            "counts": o.counts,
+            "completed_per_host": o.completed_per_host,
+            "unreachable": o.unreachable,
+            "total_s": round(o.total_s, 3),
+        }
+
+    def write_record(self) -> None:
+        path = self.run_dir / "run.json"
+        path.write_text(json.dumps(self.run_record(), indent=2, sort_keys=False) + "\n")
+
+    # ---------------------------------------------------------------- main
+
+    def execute(self) -> RunOutcome:
+        o = self.outcome
+        connections = self.connections()
+        try:
+            self.deploy(connections)
+            client = self.start_server(connections)
+            with client:
+                workflow_id = self.create_workflow(client)
+                self.start_workers(connections, workflow_id)
+                o.outcome = self.watch(client, workflow_id)
+            o.exit_code = EXIT_OK if o.outcome == "completed" else EXIT_FAILED
+            if o.outcome == "deadline":
+                o.message = f"the workflow did not finish within {self.settings.deadline_s:g} s"
+            elif o.outcome == "failed":
+                o.message = "the workflow finished, but not every job completed"
+        except RunAborted as exc:
+            o.outcome, o.exit_code, o.message = "failed", exc.exit_code, str(exc)
+        except KeyboardInterrupt:
+            o.outcome, o.exit_code, o.message = "interrupted", EXIT_INTERRUPTED, "interrupted"
+        except StressError as exc:
+            o.outcome, o.exit_code, o.message = "failed", EXIT_FAILED, str(exc)
+        finally:
+            try:
+                if self.started_hosts:
+                    self.stop_and_gather(connections)
+                self.read_results()
+            finally:
+                connections.close_all()
+                o.total_s = self.clock.elapsed()
+                o.phases = self.clock.phases
+                self.write_record()
+        return o
+
+
+def cluster_run(settings: RunSettings, *, on_progress: ProgressCallback | None = None,
+                on_event: EventCallback | None = None,
+                on_playbook: PlaybookCallback | None = None) -> RunOutcome:
+    """Runs the workflow on the inventory's hosts end to end; always stops and gathers.
+
+    Args:
+        settings: validated run settings.
+        on_progress: called with each progress snapshot (about every ``poll_interval_s``).
+        on_event: called for each task result on each host (for host-prefixed output).
+        on_playbook: called with each playbook's name and result (for the PLAY RECAP).
+
+    Returns:
+        The outcome; ``run.json`` in ``outcome.run_dir`` records it.
+
+    Raises:
+        InventoryError: the inventory is invalid (nothing was touched).
+        PlaybookError: a playbook is invalid (nothing was touched).
+        SpecError: the workflow spec is invalid (nothing was touched).
+        ConfigError: a setting is invalid (nothing was touched).
+    """
+    return _ClusterRun(settings, on_progress, on_event, on_playbook).execute()
+
+
+def _submit(client: TorcClient, plan: WorkflowPlan, *, user: str) -> int:
+    from torc_stress.submit import submit_plan
+
+    return submit_plan(client, plan, user=user)
+
+
+def _all_completed(counts: Mapping[str, int]) -> bool:
+    return all(n == 0 for status, n in counts.items() if status not in ("completed", "disabled"))
+
+
+def _worker_count(host: Host, settings: RunSettings) -> int:
+    if settings.workers_per_host:
+        return settings.workers_per_host
+    return int(host.vars.get("torc_workers", 1))
+
+
+def _parse_versions(result: Mapping[str, Any] | None) -> dict[str, Any]:
+    if not result or result.get("skipped"):
+        return {}
+    with suppress(ValueError, TypeError):
+        data = json.loads(str(result.get("stdout", "")))
+        if isinstance(data, dict):
+            return data
+    return {}
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(root))
+    except ValueError:
+        return str(path)
