@@ -67,16 +67,19 @@ def test_a_job_blocked_with_all_dependencies_done_is_stuck() -> None:
 
 
 def test_a_long_pause_with_a_ready_job_is_a_stall_and_a_busy_pause_is_not() -> None:
-    busy = {1: JobRow(1, "a", DONE, 0.0, 0.1, 0.2, 10.0), 2: JobRow(2, "b", DONE, 10.5, 10.6, 10.7, 11.0)}
+    busy = {1: JobRow(1, "a", DONE, 0.0, 0.1, 0.2, 10.0),
+            2: JobRow(2, "b", DONE, 10.5, 10.6, 10.7, 11.0)}
     assert analysis.longest_stall(busy, [(2, 1)], min_gap_s=1.0).seconds == 0.0
-    idle = {1: JobRow(1, "a", DONE, 0.0, 0.1, 0.2, 1.0), 2: JobRow(2, "b", DONE, 1.0, 9.0, 9.1, 9.5)}
+    idle = {1: JobRow(1, "a", DONE, 0.0, 0.1, 0.2, 1.0),
+            2: JobRow(2, "b", DONE, 1.0, 9.0, 9.1, 9.5)}
     stall = analysis.longest_stall(idle, [(2, 1)], min_gap_s=1.0)
     assert stall.seconds == idle[2].claim_time - idle[2].ready_time
     assert stall.waiting_jobs == ("b",)
 
 
 def test_slow_unblocking_counts_as_waiting_work() -> None:
-    jobs = {1: JobRow(1, "a", DONE, 0.0, 0.1, 0.2, 1.0), 2: JobRow(2, "b", DONE, 7.0, 7.1, 7.2, 8.0)}
+    jobs = {1: JobRow(1, "a", DONE, 0.0, 0.1, 0.2, 1.0),
+            2: JobRow(2, "b", DONE, 7.0, 7.1, 7.2, 8.0)}
     stall = analysis.longest_stall(jobs, [(2, 1)], min_gap_s=1.0)
     assert stall.seconds == jobs[2].ready_time - jobs[1].end_time
 
