@@ -310,3 +310,7 @@ def _report(args: argparse.Namespace, stream: TextIO) -> int:
 
     _quiet_logging()
     return report_command(args.run_dir, stream)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
