@@ -67,6 +67,8 @@ def unpack_host_tarballs(run_dir: Path, hosts: Iterable[str]) -> list[GatheredHo
                 continue
             _extract(tarball, directory)
             tarball.unlink()
+        if (directory / SERVER_DB).is_file():
+            single_file_database(directory / SERVER_DB)
         files = sum(1 for p in directory.rglob("*") if p.is_file())
         gathered.append(GatheredHost(host, directory, files, tuple(missing)))
         log.info("gathered host=%s files=%d missing=%s", host, files, ",".join(missing) or "-")
@@ -82,6 +84,22 @@ def _extract(tarball: Path, directory: Path) -> None:
     except (tarfile.TarError, OSError) as exc:
         raise RunDirError(f"cannot unpack {tarball}: {exc}; gather again or inspect the "
                           "host's run directory by hand") from exc
+
+
+def single_file_database(path: Path) -> None:
+    """Switches a gathered database copy out of WAL mode, so it is one self-contained file.
+
+    The backup API copies the live database's WAL setting; a WAL database grows ``-wal`` and
+    ``-shm`` files next to it whenever it is opened, even to read.
+
+    Raises:
+        RunDirError: the file is not an SQLite database.
+    """
+    try:
+        with closing(sqlite3.connect(str(path))) as db:
+            db.execute("PRAGMA journal_mode=DELETE").fetchall()
+    except sqlite3.Error as exc:
+        raise RunDirError(f"the gathered database {path} is unusable: {exc}") from exc
 
 
 def find_server_db(run_dir: Path, server: str) -> Path | None:
