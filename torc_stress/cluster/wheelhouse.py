@@ -239,7 +239,11 @@ def pack_wheelhouse(wheel_dir: Path, tarball: Path) -> Path:
         info.uname = info.gname = ""
         return info
 
-    with gzip.GzipFile(tarball, "wb", mtime=0) as gz, tarfile.open(fileobj=gz, mode="w") as tar:
+    with (
+        open(tarball, "wb") as raw,
+        gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz,
+        tarfile.open(fileobj=gz, mode="w") as tar,
+    ):
         tar.add(wheel_dir, arcname=WHEELHOUSE_DIR, recursive=False, filter=normalise)
         for wheel in wheels:
             tar.add(wheel, arcname=f"{WHEELHOUSE_DIR}/{wheel.name}", filter=normalise)
