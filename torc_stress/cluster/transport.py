@@ -221,11 +221,19 @@ def map_ssh_errors(host: str, *, known_hosts: Path | None = None,
             f"expected, remove the old entry (ssh-keygen -R HOST -f {where}) and add the new one "
             "after verifying it.",
         ) from exc
+    except paramiko.ssh_exception.NoValidConnectionsError as exc:
+        reasons = "; ".join(f"{addr[0]}:{addr[1]}: {err.strerror or err}"
+                            for addr, err in exc.errors.items())
+        raise UnreachableError(host, f"cannot connect: {reasons}. Is sshd running there and "
+                                     "ansible_host/ansible_port right?") from exc
     except paramiko.AuthenticationException as exc:
         raise UnreachableError(host, f"authentication failed: {exc}. Check ansible_user and "
                                      "ansible_ssh_private_key_file.") from exc
     except (paramiko.SSHException, TimeoutError) as exc:
         detail = str(exc) or type(exc).__name__
+        if detail == "No existing session":  # paramiko's words for a failed banner/handshake
+            detail = ("no SSH session: the server did not send an SSH banner or finish the "
+                      "handshake in time (is this port an SSH server?)")
         raise UnreachableError(host, f"SSH failed: {detail}") from exc
     except (OSError, EOFError) as exc:
         raise UnreachableError(host, f"cannot connect: {exc}") from exc
@@ -271,6 +279,10 @@ class FabricTransport:
                                     connect_timeout=seconds, connect_kwargs=kwargs)
             if self._known_hosts is None:
                 cxn.client.load_system_host_keys()
+            elif not self._known_hosts.is_file():
+                raise HostKeyError(self.host, f"the known_hosts file {self._known_hosts} does "
+                                              "not exist; create it with the verified host keys "
+                                              "(e.g. ssh-keyscan -p PORT HOST >> FILE)")
             else:
                 cxn.client.load_host_keys(str(self._known_hosts))
             cxn.client.set_missing_host_key_policy(paramiko.RejectPolicy())

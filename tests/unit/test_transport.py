@@ -1,0 +1,240 @@
+"""Transports: local commands and copies, SSH failures that are fast and clearly named."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import paramiko
+import pytest
+
+from torc_stress.cluster.inventory import Host
+from torc_stress.cluster.transport import (
+    CmdResult,
+    ConnectionCache,
+    FakeTransport,
+    LocalTransport,
+    connect,
+    map_ssh_errors,
+)
+from torc_stress.errors import CommandTimeout, HostError, HostKeyError, UnreachableError
+
+
+def ssh_host(port: int, name: str = "h1") -> Host:
+    return Host(name=name, address="127.0.0.1", port=port, user="nobody", key_file=None,
+                connection="ssh", vars={}, groups=())
+
+
+@contextlib.contextmanager
+def listening(handler: object = None) -> Iterator[int]:
+    """A loopback listener; ``handler(conn)`` runs per connection in a thread."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+    server.settimeout(0.2)
+    stop = threading.Event()
+    conns: list[socket.socket] = []
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            conns.append(conn)
+            if handler is not None:
+                threading.Thread(target=handler, args=(conn,), daemon=True).start()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join(5)
+        server.close()
+        for conn in conns:
+            conn.close()
+
+
+@pytest.fixture
+def known(tmp_path: Path) -> Path:
+    path = tmp_path / "known_hosts"
+    path.write_text("")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_local_run_returns_exit_code_and_both_streams() -> None:
+    result = LocalTransport("me").run("echo out; echo err >&2; exit 3", timeout=10)
+    assert (result.host, result.exit_code, result.stdout, result.stderr) == ("me", 3, "out\n",
+                                                                             "err\n")
+
+
+def test_local_run_passes_env_quoted_and_stdin() -> None:
+    result = LocalTransport().run('printf "%s|" "$A"; cat', timeout=10,
+                                  env={"A": "it's $HOME"}, stdin="in")
+    assert result.stdout == "it's $HOME|in"
+
+
+def test_local_run_past_its_timeout_raises_command_timeout_quickly() -> None:
+    started = time.monotonic()
+    with pytest.raises(CommandTimeout, match="timed out after 0.5 s: sleep 30"):
+        LocalTransport().run("sleep 30", timeout=0.5)
+    assert time.monotonic() - started < 5
+
+
+def test_local_put_and_get_copy_files_and_set_the_mode(tmp_path: Path) -> None:
+    src = tmp_path / "a"
+    src.write_text("data")
+    LocalTransport().put(src, str(tmp_path / "b"), mode=0o600)
+    assert (tmp_path / "b").read_text() == "data"
+    assert (tmp_path / "b").stat().st_mode & 0o777 == 0o600
+    LocalTransport().get(str(tmp_path / "b"), tmp_path / "sub" / "c")
+    assert (tmp_path / "sub" / "c").read_text() == "data"
+
+
+def test_local_put_into_a_missing_directory_is_a_host_error(tmp_path: Path) -> None:
+    src = tmp_path / "a"
+    src.write_text("x")
+    with pytest.raises(HostError, match="cannot copy"):
+        LocalTransport("me").put(src, str(tmp_path / "missing" / "b"))
+
+
+def test_fake_transport_records_calls_and_answers_from_its_handler(tmp_path: Path) -> None:
+    fake = FakeTransport(lambda cmd: (len(cmd), cmd.upper(), ""))
+    assert fake.run("abc", timeout=1).stdout == "ABC"
+    assert fake.run("abcd", timeout=1).exit_code == 4
+    src = tmp_path / "f"
+    src.write_text("hi")
+    fake.put(src, "/r", mode=0o644)
+    fake.get("/r", tmp_path / "g")
+    assert (tmp_path / "g").read_text() == "hi"
+    assert fake.calls == [("run", "abc"), ("run", "abcd"), ("put", "/r", 0o644), ("get", "/r")]
+
+
+def test_connect_gives_a_local_transport_for_local_hosts() -> None:
+    host = Host("me", "127.0.0.1", 22, None, None, "local", {}, ())
+    assert isinstance(connect(host), LocalTransport)
+
+
+def test_connection_cache_opens_each_host_once_across_threads() -> None:
+    opened: list[str] = []
+
+    def factory(host: Host) -> FakeTransport:
+        opened.append(host.name)
+        time.sleep(0.05)
+        return FakeTransport(lambda cmd: (0, "", ""), host=host.name)
+
+    cache = ConnectionCache(factory=factory)
+    threads = [threading.Thread(target=cache.get, args=(ssh_host(1, f"h{i % 2}"),))
+               for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(opened) == ["h0", "h1"]
+    transport = cache.get(ssh_host(1, "h0"))
+    cache.close_all()
+    assert ("close",) in transport.calls  # type: ignore[attr-defined]
+
+
+def test_ssh_to_a_port_nobody_listens_on_is_unreachable_fast(known: Path) -> None:
+    started = time.monotonic()
+    with pytest.raises(UnreachableError, match="h1: cannot connect: .*refused") as info:
+        connect(ssh_host(free_port()), known_hosts=known, connect_timeout=2)
+    assert not isinstance(info.value, HostKeyError)
+    assert time.monotonic() - started < 5
+
+
+def test_a_missing_known_hosts_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(HostKeyError, match="known_hosts file .*/nope does not exist"):
+        connect(ssh_host(free_port()), known_hosts=tmp_path / "nope", connect_timeout=2)
+
+
+def test_ssh_to_a_socket_that_never_speaks_ssh_times_out_within_bounds(known: Path) -> None:
+    with listening() as port:
+        started = time.monotonic()
+        with pytest.raises(UnreachableError, match="h1: SSH failed: .*(banner|handshake)"):
+            connect(ssh_host(port), known_hosts=known, connect_timeout=1)
+        assert time.monotonic() - started < 8
+
+
+def _ssh_server(key: paramiko.PKey):  # type: ignore[no-untyped-def]
+    """An in-process paramiko SSH server that only does key exchange (no sshd)."""
+    def handle(conn: socket.socket) -> None:
+        transport = paramiko.Transport(conn)
+        transport.add_server_key(key)
+        with contextlib.suppress(Exception):
+            transport.start_server(server=paramiko.ServerInterface())
+            transport.accept(timeout=3)
+        transport.close()
+    return handle
+
+
+@pytest.fixture(scope="module")
+def host_keys() -> tuple[paramiko.PKey, paramiko.PKey]:
+    return paramiko.RSAKey.generate(1024), paramiko.RSAKey.generate(1024)
+
+
+def test_an_unknown_host_key_is_refused_with_the_keyscan_advice(
+        tmp_path: Path, host_keys: tuple[paramiko.PKey, paramiko.PKey]) -> None:
+    known = tmp_path / "known_hosts"
+    known.write_text("")
+    with listening(_ssh_server(host_keys[0])) as port, pytest.raises(HostKeyError) as info:
+        connect(ssh_host(port), known_hosts=known, connect_timeout=5)
+    message = str(info.value)
+    assert message.startswith("h1: ")
+    assert str(known) in message
+    assert f"ssh-keyscan -p {port} 127.0.0.1 >> {known}" in message
+    assert known.read_text() == ""  # never added
+
+
+def test_a_changed_host_key_is_refused_naming_host_and_file(
+        tmp_path: Path, host_keys: tuple[paramiko.PKey, paramiko.PKey]) -> None:
+    known = tmp_path / "known_hosts"
+    with listening(_ssh_server(host_keys[0])) as port:
+        old = host_keys[1]
+        known.write_text(f"[127.0.0.1]:{port} {old.get_name()} {old.get_base64()}\n")
+        before = known.read_text()
+        with pytest.raises(HostKeyError, match="CHANGED") as info:
+            connect(ssh_host(port), known_hosts=known, connect_timeout=5)
+    assert "h1: " in str(info.value) and str(known) in str(info.value)
+    assert known.read_text() == before
+
+
+@pytest.mark.parametrize(("raised", "expected", "text"), [
+    (socket.gaierror(-2, "Name or service not known"), UnreachableError, "cannot connect"),
+    (ConnectionRefusedError(111, "Connection refused"), UnreachableError, "refused"),
+    (paramiko.AuthenticationException("no"), UnreachableError, "authentication failed"),
+    (paramiko.SSHException("Error reading SSH protocol banner"), UnreachableError, "banner"),
+    (EOFError(), UnreachableError, "cannot connect"),
+])
+def test_map_ssh_errors_translates_third_party_errors(
+        raised: Exception, expected: type[Exception], text: str) -> None:
+    with pytest.raises(expected, match=text) as info, map_ssh_errors("h9"):
+        raise raised
+    assert str(info.value).startswith("h9: ")
+    assert info.value.__cause__ is raised
+
+
+def test_map_ssh_errors_turns_invoke_timeouts_into_command_timeouts() -> None:
+    import invoke
+    result = invoke.Result(command="sleep 9", exited=-1)
+    with pytest.raises(CommandTimeout, match="timed out after 3 s: sleep 9"), \
+            map_ssh_errors("h9", command="sleep 9", timeout=3):
+        raise invoke.CommandTimedOut(result, 3)
+
+
+def test_cmd_result_ok_means_exit_zero() -> None:
+    assert CmdResult("h", "c", 0, "", "", 0.0).ok
+    assert not CmdResult("h", "c", 1, "", "", 0.0).ok
