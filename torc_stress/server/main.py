@@ -7,6 +7,7 @@ import base64
 import hmac
 import logging
 import os
+import signal
 import socket
 import sqlite3
 import sys
@@ -172,6 +173,10 @@ def serve(settings: ServerSettings) -> int:
                             access_log=False, lifespan="off", timeout_keep_alive=30,
                             backlog=1024)
     server = uvicorn.Server(config)
+    # uvicorn re-raises the captured signal after its graceful shutdown; with these no-op
+    # handlers in place that re-raise is harmless and our own shutdown below still runs.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
     try:
         server.run(sockets=[sock])
     finally:
