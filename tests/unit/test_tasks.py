@@ -81,7 +81,8 @@ def test_cluster_run_prints_the_summary_and_exits_zero_when_completed(
     assert set(seen["callbacks"]) == {"on_progress", "on_event", "on_playbook"}
 
 
-@pytest.mark.parametrize(("code", "outcome"), [(1, "deadline"), (4, "failed"), (130, "interrupted")])
+@pytest.mark.parametrize(("code", "outcome"),
+                         [(1, "deadline"), (4, "failed"), (130, "interrupted")])
 def test_cluster_run_exits_with_the_outcome_code_when_the_workflow_did_not_complete(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int, outcome: str) -> None:
     monkeypatch.setattr(run_module, "cluster_run",
