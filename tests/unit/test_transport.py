@@ -93,6 +93,13 @@ def test_local_run_past_its_timeout_raises_command_timeout_quickly() -> None:
     assert time.monotonic() - started < 5
 
 
+def test_local_timeout_kills_background_children_holding_the_output_open() -> None:
+    started = time.monotonic()
+    with pytest.raises(CommandTimeout):
+        LocalTransport().run("sleep 30 & sleep 30", timeout=0.5)
+    assert time.monotonic() - started < 5
+
+
 def test_local_put_and_get_copy_files_and_set_the_mode(tmp_path: Path) -> None:
     src = tmp_path / "a"
     src.write_text("data")

@@ -142,7 +142,7 @@ def evaluate(expression: str, variables: Mapping[str, Any]) -> Any:
     try:
         compiled = ENV.compile_expression(expression, undefined_to_none=False)
         template = compiled._template  # NOTE: reuse jinja2's expression template, shared vars
-        context = template.new_context(_Globals(variables), shared=True)
+        context = template.new_context(_Globals(variables), shared=True)  # type: ignore[arg-type]
         for _ in template.root_render_func(context):
             pass
         return context.vars["result"]
@@ -163,8 +163,9 @@ def render(text: str, variables: Mapping[str, Any]) -> Any:
         return evaluate(match.group("expr").strip(), variables)
     try:
         template = ENV.from_string(text)
-        return "".join(template.root_render_func(
-            template.new_context(_Globals(variables), shared=True)))
+        # NOTE: shared=True makes jinja2 look variables up lazily in the mapping itself
+        context = template.new_context(_Globals(variables), shared=True)  # type: ignore[arg-type]
+        return "".join(template.root_render_func(context))
     except PlaybookError:
         raise
     except jinja2.TemplateError as exc:

@@ -13,8 +13,10 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -89,6 +91,14 @@ def env_prefix(env: Mapping[str, str] | None) -> str:
 # ---------------------------------------------------------------------------- local
 
 
+def _kill_group(proc: subprocess.Popen[str]) -> None:
+    """Kill the command and everything it started (its own session), then reap it."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.communicate(timeout=5)
+
+
 class LocalTransport:
     """Runs commands on this machine with ``/bin/sh -c`` and copies files locally."""
 
@@ -105,21 +115,17 @@ class LocalTransport:
     ) -> CmdResult:
         """Run ``command`` under ``/bin/sh -c``; raise CommandTimeout past ``timeout``."""
         started = time.monotonic()
-        try:
-            proc = subprocess.run(
-                ["/bin/sh", "-c", env_prefix(env) + command],
-                input=stdin if stdin is not None else "",
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-                start_new_session=True,
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise CommandTimeout(self.host, command, timeout) from exc
-        return CmdResult(
-            self.host, command, proc.returncode, proc.stdout, proc.stderr,
-            time.monotonic() - started,
+        proc = subprocess.Popen(
+            ["/bin/sh", "-c", env_prefix(env) + command], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
         )
+        try:
+            stdout, stderr = proc.communicate(stdin if stdin is not None else "", timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            _kill_group(proc)
+            raise CommandTimeout(self.host, command, timeout) from exc
+        return CmdResult(self.host, command, proc.returncode, stdout, stderr,
+                         time.monotonic() - started)
 
     def put(self, local: Path, remote: str, *, mode: int | None = None) -> None:
         """Copy ``local`` to ``remote`` (a path on this machine)."""
