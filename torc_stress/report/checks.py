@@ -115,7 +115,7 @@ class Check:
     measured: float | int | None
     reference: float | int | None
     lower: float | int | None
-    upper: float | None
+    upper: float | int | None
     unit: str
     expected: str
     detail: str
@@ -123,7 +123,7 @@ class Check:
 
 
 def _bounded(
-    name: str, title: str, measured: float | int | None, upper: float, unit: str,
+    name: str, title: str, measured: float | int | None, upper: float | int, unit: str,
     expected: str, detail: str, where: tuple[str, ...], reference: float | int = 0,
 ) -> Check:
     ok = measured is not None and measured <= upper
@@ -191,7 +191,7 @@ def lock_error_check(a: RunAnalysis, t: Thresholds) -> Check:
         where.append(a.data.files["server_metrics"])
     return _bounded(
         "no_database_locked_errors", "no ERROR-level 'database is locked'", measured,
-        float(t.lock_errors), "lines",
+        t.lock_errors, "lines",
         f"at most {t.lock_errors} ERROR-level 'database is locked' lines (DEBUG retries are fine)",
         detail, tuple(where),
     )
@@ -207,7 +207,7 @@ def stuck_check(a: RunAnalysis) -> Check:
         detail += f"; e.g. {', '.join(names)})"
     return _bounded(
         "no_job_stuck_blocked", "no job stuck blocked with all dependencies done",
-        len(a.stuck_blocked), 0.0, "jobs",
+        len(a.stuck_blocked), 0, "jobs",
         "no job in status blocked whose dependencies are all done", detail,
         (f"{a.data.files['server_db']} (tables job, job_depends_on)",
          *(f"stage {g}" for g in sorted(groups))),

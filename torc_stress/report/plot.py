@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import bisect
 import math
 from pathlib import Path
 
@@ -48,15 +47,19 @@ def completion_bins(
     return edges, counts
 
 
-def running_series(a: RunAnalysis, points: int = 400) -> tuple[list[float], list[int]]:
-    """Samples how many jobs were running (started, not yet completed) over the run."""
-    starts = sorted(j.start_time - a.t0 for j in a.data.jobs if j.start_time is not None)
-    ends = sorted(j.end_time - a.t0 for j in a.data.jobs
-                  if j.end_time is not None and j.start_time is not None)
-    span = max(a.last_end_s or 0.0, starts[-1] if starts else 0.0)
-    times = [span * i / (points - 1) for i in range(points)]
-    running = [bisect.bisect_right(starts, t) - bisect.bisect_right(ends, t) for t in times]
-    return times, running
+def running_per_bin(a: RunAnalysis, edges: list[float], width: float) -> list[float]:
+    """Returns the average number of jobs running (started, not yet completed) in each bin."""
+    busy = [0.0] * len(edges)
+    horizon = len(edges) * width
+    for job in a.data.jobs:
+        if job.start_time is None:
+            continue
+        start = job.start_time - a.t0
+        end = job.end_time - a.t0 if job.end_time is not None else horizon
+        first, last = int(start / width), min(len(edges) - 1, int(end / width))
+        for i in range(max(first, 0), last + 1):
+            busy[i] += max(0.0, min(end, edges[i] + width) - max(start, edges[i]))
+    return [b / width for b in busy]
 
 
 def draw_timeline(a: RunAnalysis, path: Path) -> None:
@@ -72,7 +75,7 @@ def draw_timeline(a: RunAnalysis, path: Path) -> None:
     try:
         _bars(ax, a, edges, counts, width)
         _barrier_lines(ax, a)
-        _running_line(ax, a)
+        _running_line(ax, edges, running_per_bin(a, edges, width), width)
         ax.set_xlabel("seconds since the first job was ready")
         ax.set_ylabel(f"jobs completed per {width:g} s")
         ax.set_title(f"Run {a.data.run.get('run_id', '?')}: {a.completed} of {a.jobs} jobs "
@@ -88,42 +91,39 @@ def _bars(ax: plt.Axes, a: RunAnalysis, edges: list[float], counts: dict[str, li
           width: float) -> None:
     cmap = plt.get_cmap("tab10")
     bottom = [0] * len(edges)
-    stage_index = 0
-    barrier_labelled = False
-    for lv in a.levels:
-        color: str | tuple[float, float, float, float]
-        label: str | None
-        if lv.kind == "barrier":
-            color, label = "black", None if barrier_labelled else "barriers"
-            barrier_labelled = True
-        else:
-            color, label = cmap(stage_index % 10), lv.label
-            stage_index += 1
+    stages = [lv for lv in a.levels if lv.kind == "stage"]
+    for index, lv in enumerate(stages):
         ax.bar(edges, counts[lv.label], width=width, bottom=bottom, align="edge",
-               color=color, label=label if stage_index <= 12 else None, linewidth=0)
+               color=cmap(index % 10), label=lv.label if index < 12 else None, linewidth=0)
         bottom = [b + c for b, c in zip(bottom, counts[lv.label], strict=True)]
-    ax.set_ylim(0, max(max(bottom, default=0), 1) * 1.25)
-    ax.legend(loc="upper left", title="completions of", fontsize="small")
+    ax.set_ylim(0, max(max(bottom, default=0), 1) * 1.3)
 
 
 def _barrier_lines(ax: plt.Axes, a: RunAnalysis) -> None:
     jobs = {j.id: j for j in a.data.jobs}
+    labelled = False
     for lv in a.levels:
         end = jobs[lv.job_ids[0]].end_time if lv.kind == "barrier" else None
         if end is None:
             continue
         x = end - a.t0
-        ax.axvline(x, color="dimgray", linestyle="--", linewidth=1)
+        ax.axvline(x, color="black", linestyle="--", linewidth=1,
+                   label=None if labelled else "barrier completed")
+        labelled = True
         ax.annotate(lv.label, xy=(x, 1.0), xycoords=("data", "axes fraction"),
-                    xytext=(2, -4), textcoords="offset points", rotation=90,
-                    va="top", ha="left", fontsize="x-small", color="dimgray")
+                    xytext=(-3, -4), textcoords="offset points", rotation=90,
+                    va="top", ha="right", fontsize="x-small",
+                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none",
+                          "alpha": 0.8})
+    ax.legend(loc="upper left", title="jobs completed in", fontsize="small")
 
 
-def _running_line(ax: plt.Axes, a: RunAnalysis) -> None:
-    times, running = running_series(a)
+def _running_line(ax: plt.Axes, edges: list[float], running: list[float], width: float) -> None:
     right = ax.twinx()
-    right.plot(times, running, color="crimson", linewidth=1.2, label="jobs running")
-    right.set_ylabel("jobs running", color="crimson")
+    xs = [*edges, edges[-1] + width] if edges else []
+    right.stairs(running, xs, color="crimson", linewidth=1.5, label="jobs running (average)",
+                 baseline=None)
+    right.set_ylabel("jobs running (average per bin)", color="crimson")
     right.tick_params(axis="y", colors="crimson")
-    right.set_ylim(0, max(max(running, default=0), 1) * 1.25)
+    right.set_ylim(0, max(max(running, default=0), 1) * 1.3)
     right.legend(loc="upper right", fontsize="small")
