@@ -1,0 +1,85 @@
+"""`invoke cluster-run` on this machine with real server and worker processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+INVOKE = Path(sys.executable).parent / "invoke"
+
+
+def invoke(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([str(INVOKE), *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def only_run_dir(runs_root: Path) -> Path:
+    [run_dir] = [p for p in runs_root.iterdir() if p.is_dir()]
+    return run_dir
+
+
+def test_a_small_contention_run_completes_and_gathers_every_artifact(tmp_path: Path) -> None:
+    proc = invoke("cluster-run", "--stages", "2", "--jobs-per-stage", "50",
+                  "--runs-root", str(tmp_path), "--deadline", "120")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "PLAY RECAP" in proc.stdout
+    run_dir = only_run_dir(tmp_path)
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["outcome"] == "completed"
+    assert record["workflow"]["jobs"] == 102
+    assert {"deploy", "start_server", "run", "stop", "gather"} <= set(record["phases"])
+    host = run_dir / "hosts" / "localhost"
+    for name in ("server.log", "server.db", "metrics.json"):
+        assert (host / name).is_file(), name
+    workers = record["inventory"]["workers"]["localhost"]
+    assert len(list(host.glob("worker-*.log"))) == workers
+    assert len(list(host.glob("worker_localhost_*_metrics.json"))) == workers
+    assert len(list((host / "job_stdio").glob("*.o"))) == 102
+    assert json.loads((host / "metrics.json").read_text())["schema"] == 1
+    with closing(sqlite3.connect(host / "server.db")) as db:
+        done = db.execute("SELECT COUNT(*) FROM job WHERE status = 5").fetchone()[0]
+    assert done == 102
+    assert record["completed_per_host"] == {"localhost": 102}
+    assert "completed" in proc.stdout and "localhost" in proc.stdout
+
+
+def free_port() -> int:
+    with closing(socket.socket()) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_an_unreachable_worker_host_aborts_with_exit_4_within_the_timeouts(
+        tmp_path: Path) -> None:
+    inventory = {"all": {"children": {
+        "server": {"hosts": {"localhost": None}},
+        "workers": {"hosts": {"localhost": None, "ghost": {
+            "ansible_host": "127.0.0.1", "ansible_port": free_port(),
+            "ansible_connection": "ssh", "ansible_user": "nobody"}}},
+    }, "hosts": {"localhost": {"ansible_connection": "local", "ansible_host": "127.0.0.1",
+                               "torc_deploy": False, "torc_workers": 1}}}}
+    path = tmp_path / "inventory.yml"
+    path.write_text(yaml.safe_dump(inventory))
+    started = time.monotonic()
+    proc = invoke("cluster-run", "--inventory", str(path), "--stages", "1",
+                  "--jobs-per-stage", "2", "--runs-root", str(tmp_path / "runs"), timeout=120)
+    assert proc.returncode == 4, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert time.monotonic() - started < 60
+    assert "UNREACHABLE" in proc.stdout and "ghost" in proc.stdout
+    assert "Traceback" not in proc.stderr
+    record = json.loads((only_run_dir(tmp_path / "runs") / "run.json").read_text())
+    assert "ghost" in record["unreachable"]
