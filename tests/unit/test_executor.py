@@ -133,6 +133,13 @@ def test_a_templating_error_names_the_task_and_the_variable(tmp_path: Path) -> N
     assert "'missing_var' is undefined" in result.failures["s1"]
 
 
+def test_an_undefined_variable_inside_a_list_argument_fails_the_task(tmp_path: Path) -> None:
+    result, _ = run(tmp_path, [play({"name": "t", "command": {"argv": ["x", "{{ nope }}"]}},
+                                    hosts="w1")], FakeHosts(ok))
+    assert "'nope' is undefined" in result.failures["w1"]
+    assert "internal error" not in result.failures["w1"]
+
+
 def test_loop_runs_per_item_and_registers_every_result(tmp_path: Path) -> None:
     hosts = FakeHosts(ok)
     result, _ = run(tmp_path, [play(

@@ -156,7 +156,8 @@ class _Run:
             stats.skipped += 1
         elif outcome.status is Status.FAILED and not outcome.ignored:
             stats.failed += 1
-            self.result.failures[host.name] = f"{play.name} / {task.name}: {outcome.message}"
+            self.result.failures[host.name] = (f"play {play.name!r}, task {task.name!r}: "
+                                              f"{outcome.message}")
             error = 1
         else:
             stats.ok += 1
@@ -193,12 +194,12 @@ class _Run:
             reason = str(exc).removeprefix(f"{exc.host}: ")
             return _Outcome(Status.UNREACHABLE, {"unreachable": True, "msg": reason}, reason)
         except PlaybookError as exc:
-            message = f"task {task.name!r}: {exc}"
+            message = str(exc)
             return _Outcome(Status.FAILED, {"failed": True, "changed": False, "msg": message},
                             message)
         except Exception as exc:  # a bug must fail the host, not hang the run
             log.exception("task %r crashed on %s", task.name, host.name)
-            message = f"task {task.name!r}: internal error: {exc!r}"
+            message = f"internal error: {exc!r}"
             return _Outcome(Status.FAILED, {"failed": True, "msg": message}, message)
 
     def outcome(self, task: Task, result: dict[str, Any], variables: LazyVars) -> _Outcome:
@@ -242,6 +243,7 @@ class _Run:
             python=str(variables.get("ansible_python_interpreter", "python3")),
         )
         result = run_module(task.module, args, ctx)
+        result.setdefault("skipped", False)
         return _apply_overrides(task, result, variables)
 
 

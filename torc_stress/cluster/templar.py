@@ -145,13 +145,26 @@ def evaluate(expression: str, variables: Mapping[str, Any]) -> Any:
         context = template.new_context(_Globals(variables), shared=True)  # type: ignore[arg-type]
         for _ in template.root_render_func(context):
             pass
-        return context.vars["result"]
+        return _defined(context.vars["result"])
     except PlaybookError:
         raise
     except jinja2.TemplateError as exc:
         raise PlaybookError(f"cannot evaluate {expression!r}: {_explain(exc)}") from exc
     except Exception as exc:  # errors raised by filters and tests inside the expression
         raise PlaybookError(f"cannot evaluate {expression!r}: {exc}") from exc
+
+
+def _defined(value: Any) -> Any:
+    """Return ``value``, raising UndefinedError if it is or holds an Undefined."""
+    if isinstance(value, jinja2.Undefined):
+        str(value)  # StrictUndefined raises here with the variable's name
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            _defined(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _defined(item)
+    return value
 
 
 def render(text: str, variables: Mapping[str, Any]) -> Any:
