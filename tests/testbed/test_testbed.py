@@ -26,9 +26,9 @@ def ssh(testbed: tb.Testbed, host: str) -> Iterator[paramiko.SSHClient]:
     client.load_host_keys(str(testbed.known_hosts))
     client.set_missing_host_key_policy(paramiko.RejectPolicy())
     try:
-        client.connect(h.address, port=h.port, username="root", key_filename=str(testbed.client_key),
-                       look_for_keys=False, allow_agent=False, timeout=5, banner_timeout=5,
-                       auth_timeout=5)
+        client.connect(h.address, port=h.port, username="root",
+                       key_filename=str(testbed.client_key), look_for_keys=False,
+                       allow_agent=False, timeout=5, banner_timeout=5, auth_timeout=5)
         yield client
     finally:
         client.close()
@@ -187,3 +187,19 @@ def test_down_removes_leftovers_of_a_crashed_run_without_a_state_file(
         if sleeper.poll() is None:
             sleeper.kill()
         sleeper.wait()
+
+
+def test_building_an_existing_testbed_again_replaces_it_cleanly(
+    small_config: tb.TestbedConfig,
+) -> None:
+    first = tb.testbed_up(small_config)
+    second = tb.testbed_up(small_config)
+    old_pids = [h.sshd_pid for h in first.hosts.values()]
+    assert not any(_pid_alive(p) for p in old_pids)
+    assert all(_pid_alive(h.sshd_pid) for h in second.hosts.values())
+    assert sorted(_leftovers(small_config)) == sorted(
+        [h.namespace for h in second.plan.hosts] + [h.veth for h in second.plan.hosts]
+        + [second.plan.bridge]
+    )
+    with ssh(second, "srv") as client:
+        assert run(client, "true")[0] == 0

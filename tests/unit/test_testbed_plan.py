@@ -76,7 +76,9 @@ def test_up_commands_build_bridge_then_one_namespace_and_veth_per_host() -> None
 
 def test_down_commands_remove_every_link_and_namespace_the_up_commands_add() -> None:
     plan = plan_testbed(TestbedConfig())
-    added = {(c[1], c[3]) for c in plan.up_commands() if c[2] == "add" and c[1] in ("link", "netns")}
+    added = {
+        (c[1], c[3]) for c in plan.up_commands() if c[2] == "add" and c[1] in ("link", "netns")
+    }
     removed = {(c[1], c[3]) for c in plan.down_commands()}
     assert added == removed
 

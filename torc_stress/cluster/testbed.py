@@ -14,6 +14,7 @@ teardown removes exactly that, even after a half-finished ``testbed_up``.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import logging
@@ -366,7 +367,9 @@ def check_prerequisites() -> None:
         raise TestbedError("the testbed needs " + "; ".join(problems))
 
 
-def _run(cmd: list[str], *, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+def _run(
+    cmd: list[str], *, check: bool = True, timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
     logger.debug("testbed run cmd=%s", " ".join(cmd))
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
@@ -622,7 +625,8 @@ def _alive(pid: int) -> bool:
 
 def _cmdline(pid: int) -> str:
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        return raw.replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
 
@@ -638,19 +642,15 @@ def _terminate(pids: Iterable[int], must_mention: Path | None = None, grace: flo
             continue
         targets.append(pid)
     for pid in targets:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
     deadline = time.monotonic() + grace
     while any(_alive(p) for p in targets) and time.monotonic() < deadline:
         time.sleep(0.05)
     for pid in targets:
         if _alive(pid):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 def _existing_namespaces() -> list[str]:
@@ -723,16 +723,12 @@ def testbed_down(config: TestbedConfig | None = None) -> None:
         if path == config.work_root.resolve() or path == config.work_root:
             shutil.rmtree(path, ignore_errors=True)  # per-host roots the testbed handed out
         else:
-            try:
+            with contextlib.suppress(OSError):
                 path.rmdir()
-            except OSError:
-                pass
     (state_dir / STATE_FILE).unlink(missing_ok=True)
     for d in (state_dir / "hosts", state_dir):
-        try:
+        with contextlib.suppress(OSError):
             d.rmdir()
-        except OSError:
-            pass
     if namespaces or links or state.data["pids"]:
         logger.info("testbed down namespaces=%d links=%d bridge=%s", len(namespaces), len(links),
                     plan.bridge)
@@ -835,5 +831,5 @@ def write_testbed_inventory(testbed: Testbed | TestbedConfig, path: Path,
 
 # Names starting with "test" would be collected by pytest when imported into a test module.
 for _fn in (testbed_up, testbed_down, testbed_inventory, testbed_inventory_text):
-    _fn.__test__ = False  # type: ignore[attr-defined]
+    setattr(_fn, "__test__", False)  # noqa: B010
 del _fn

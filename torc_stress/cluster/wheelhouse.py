@@ -142,8 +142,8 @@ def install_command(torc_root: str, python: str = "python3", tarball: str | None
     return (
         f"cd {torc_root} && rm -rf {WHEELHOUSE_DIR} && tar -xzf {name} && "
         f"{python} -m venv {torc_root}/venv && "
-        f"{torc_root}/venv/bin/pip install -q --no-index --find-links {torc_root}/{WHEELHOUSE_DIR} "
-        f"{DIST_NAME}"
+        f"{torc_root}/venv/bin/pip install -q --disable-pip-version-check "
+        f"--no-index --find-links {torc_root}/{WHEELHOUSE_DIR} {DIST_NAME}"
     )
 
 
