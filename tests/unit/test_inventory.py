@@ -76,6 +76,25 @@ def test_select_of_an_unknown_name_lists_the_groups(inventory: Inventory) -> Non
         inventory.select("workers:nope")
 
 
+def test_group_vars_and_host_vars_files_override_inline_values(tmp_path: Path) -> None:
+    (tmp_path / "group_vars" / "workers").mkdir(parents=True)
+    (tmp_path / "group_vars" / "workers" / "a.yml").write_text("level: gv-dir\nx: 1\n")
+    (tmp_path / "group_vars" / "all.yml").write_text("only_all: 2\n")
+    (tmp_path / "host_vars").mkdir()
+    (tmp_path / "host_vars" / "w1.yaml").write_text("level: hv\ntorc_workers: 5\n")
+    inv = load_inventory(write(tmp_path, BASE))
+    assert inv.hosts["w2"].vars["level"] == "gv-dir"
+    assert (inv.hosts["w1"].vars["level"], inv.hosts["w1"].vars["torc_workers"]) == ("hv", 5)
+    assert (inv.hosts["srv"].vars["only_all"], inv.hosts["srv"].vars["level"]) == (2, "server")
+
+
+def test_invalid_values_in_host_vars_files_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "host_vars").mkdir()
+    (tmp_path / "host_vars" / "w2.yml").write_text("torc_workers: many\n")
+    with pytest.raises(InventoryError, match="host 'w2': torc_workers: must be an integer"):
+        load_inventory(write(tmp_path, BASE))
+
+
 def test_connection_variables_become_host_fields(tmp_path: Path) -> None:
     data = yaml.safe_load(yaml.safe_dump(BASE))
     data["all"]["vars"].update(ansible_user="stress", ansible_ssh_private_key_file="keys/id")

@@ -1,9 +1,11 @@
 """Load and validate an Ansible YAML inventory (the subset torc-stress honours).
 
 Groups nest under ``all`` via ``children``; variables merge ``all`` < parent group < child group
-< host (groups at the same depth in ASCII order). Everything is validated before any host is
-contacted: group ``server`` has exactly one host, group ``workers`` one or more, known variables
-have the right types and unsupported ``ansible_*`` connection variables are refused.
+< host (groups at the same depth in ASCII order), and ``group_vars/<group>[.yml]`` and
+``host_vars/<host>[.yml]`` next to the inventory file override the inline values. Everything is
+validated before any host is contacted: group ``server`` has exactly one host, group ``workers``
+one or more, known variables have the right types and unsupported ``ansible_*`` connection
+variables are refused.
 """
 
 from __future__ import annotations
@@ -113,7 +115,20 @@ def load_inventory(path: Path) -> Inventory:
     """
     path = Path(path)
     data = _read_yaml(path)
-    return build_inventory(path, data)
+    return build_inventory(path, data, vars_dir=path.parent)
+
+
+def _vars_files(vars_dir: Path, kind: str, name: str) -> dict[str, Any]:
+    """Variables of ``group_vars/<name>`` or ``host_vars/<name>`` (file or directory of files)."""
+    base = vars_dir / kind
+    files = [base / f"{name}{ext}" for ext in ("", ".yml", ".yaml")
+             if (base / f"{name}{ext}").is_file()]
+    if (base / name).is_dir():
+        files += sorted(p for p in (base / name).iterdir() if p.suffix in (".yml", ".yaml"))
+    merged: dict[str, Any] = {}
+    for file in files:
+        merged.update(_mapping(_read_yaml(file), f"{file}"))
+    return merged
 
 
 def _read_yaml(path: Path) -> Any:
@@ -131,13 +146,24 @@ def _read_yaml(path: Path) -> Any:
         raise InventoryError(f"{path}: not valid YAML: {exc}") from exc
 
 
-def build_inventory(path: Path, data: Any) -> Inventory:
-    """Build an Inventory from already-parsed YAML ``data`` (pure; see :func:`load_inventory`)."""
+def build_inventory(path: Path, data: Any, *, vars_dir: Path | None = None) -> Inventory:
+    """Build an Inventory from already-parsed YAML ``data`` (see :func:`load_inventory`).
+
+    Args:
+        path: The inventory file, for messages and relative key files.
+        data: The parsed YAML.
+        vars_dir: Where ``group_vars/`` and ``host_vars/`` are read from (None: nowhere).
+    """
     if not isinstance(data, dict) or set(data) != {"all"}:
         raise InventoryError(f"{path}: the inventory must be a mapping with the single top-level "
                              "key 'all' (Ansible YAML inventory format)")
     groups: dict[str, _Group] = {}
     _parse_group(path, "all", data["all"], 0, groups)
+    if vars_dir is not None:
+        for group in groups.values():
+            group.vars.update(_vars_files(vars_dir, "group_vars", group.name))
+            for host, host_vars in group.hosts.items():
+                host_vars.update(_vars_files(vars_dir, "host_vars", host))
     members = _group_members(groups)
     members.setdefault("ungrouped", tuple(
         name for name in members["all"]
