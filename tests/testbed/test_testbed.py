@@ -158,6 +158,8 @@ def test_a_changed_host_key_is_refused_and_down_leaves_nothing_behind(
     with ssh(testbed, "srv") as client:  # the other host is unaffected
         assert run(client, "true")[0] == 0
 
+    for host in testbed.hosts.values():  # what a deploy would leave in the hosts' roots
+        (host.torc_root / "venv").mkdir(parents=True)
     state = testbed.state_dir / "state.json"
     pids = [int(p.read_text()) for p in testbed.state_dir.glob("hosts/*/sshd.pid")]
     assert state.is_file() and len(pids) == 2 and all(_pid_alive(p) for p in pids)

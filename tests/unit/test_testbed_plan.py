@@ -99,6 +99,8 @@ def test_down_commands_remove_every_link_and_namespace_the_up_commands_add() -> 
         ({"prefix": "toolongprefix"}, "bad testbed prefix"),
         ({"prefix": "a-b"}, "bad testbed prefix"),
         ({"ssh_port": 0}, "ssh_port"),
+        ({"work_root": Path("/tmp")}, "work_root"),
+        ({"work_root": Path("relative/roots")}, "work_root"),
     ],
 )
 def test_a_bad_config_is_refused_with_what_to_do(kwargs: dict[str, object], needle: str) -> None:

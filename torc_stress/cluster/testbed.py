@@ -101,6 +101,11 @@ class TestbedConfig:
                 f"bad testbed prefix {self.prefix!r}: use 1-6 lowercase letters or digits, "
                 "starting with a letter (it starts every namespace and link name)"
             )
+        if not self.work_root.is_absolute() or len(self.work_root.parts) < 3:
+            raise TestbedError(
+                f"testbed work_root {self.work_root} must be an absolute path at least two "
+                "levels deep (e.g. /tmp/torc-testbed): testbed-down deletes <work_root>/<host>"
+            )
         if not 1 <= self.ssh_port <= 65535:
             raise TestbedError(f"bad testbed ssh_port {self.ssh_port}: use 1-65535")
         net = self.network
@@ -642,14 +647,14 @@ def _terminate(pids: Iterable[int], must_mention: Path | None = None, grace: flo
             continue
         targets.append(pid)
     for pid in targets:
-        with contextlib.suppress(ProcessLookupError):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
     while any(_alive(p) for p in targets) and time.monotonic() < deadline:
         time.sleep(0.05)
     for pid in targets:
         if _alive(pid):
-            with contextlib.suppress(ProcessLookupError):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
 
 
@@ -718,13 +723,12 @@ def testbed_down(config: TestbedConfig | None = None) -> None:
 
     for f in state.data["files"]:
         Path(f).unlink(missing_ok=True)
-    for d in sorted(state.data["dirs"], key=len, reverse=True):
-        path = Path(d)
-        if path == config.work_root.resolve() or path == config.work_root:
-            shutil.rmtree(path, ignore_errors=True)  # per-host roots the testbed handed out
-        else:
-            with contextlib.suppress(OSError):
-                path.rmdir()
+    # the per-host roots the testbed's inventory hands out (deploys and runs write there)
+    for host in config.hosts:
+        shutil.rmtree(config.work_root / host, ignore_errors=True)
+    for d in sorted({*state.data["dirs"], str(config.work_root)}, key=len, reverse=True):
+        with contextlib.suppress(OSError):
+            Path(d).rmdir()
     (state_dir / STATE_FILE).unlink(missing_ok=True)
     for d in (state_dir / "hosts", state_dir):
         with contextlib.suppress(OSError):
