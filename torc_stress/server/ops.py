@@ -14,13 +14,13 @@ import orjson
 
 from torc_stress.errors import ApiError, ConflictError, NotFoundError
 from torc_stress.server.state import (
+    _DONE_INTS,
+    _FAILURE_INTS,
     MAX_BULK_JOBS,
     N_STATUS,
     JobMem,
     ServerState,
     WorkflowMem,
-    _DONE_INTS,
-    _FAILURE_INTS,
     utc_timestamp,
 )
 from torc_stress.server.store import (

@@ -14,20 +14,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from torc_stress.errors import ApiError, ConflictError, NotFoundError
+from torc_stress.errors import NotFoundError
 from torc_stress.logs import kv
 from torc_stress.server.metrics import Metrics
 from torc_stress.server.store import (
-    CN_COLUMNS,
-    JOB_COLUMNS,
     RR_COLUMNS,
-    WORKFLOW_COLUMNS,
-    cn_row_to_model,
-    duration_seconds,
-    job_row_to_model,
-    memory_bytes,
     rr_row_to_model,
-    workflow_row_to_model,
 )
 from torc_stress.server.unblocker import DependencyTracker
 from torc_stress.statuses import DONE, FINISHED, JobStatus
