@@ -60,7 +60,7 @@ def _create_workload(client: TorcClient, jobs: int) -> tuple[int, int]:
     client.create_jobs([{"workflow_id": workflow_id, "name": f"job_{i:06d}", "command": "true"}
                         for i in range(jobs)])
     client.initialize_jobs(workflow_id)
-    run_id = int(client.get_workflow_status(workflow_id).get("run_id") or 1)
+    run_id = int(client.get_workflow_status(workflow_id).get("run_id", 0))
     return workflow_id, run_id
 
 

@@ -39,7 +39,7 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 
 def summarize(values: Sequence[float]) -> dict[str, float]:
-    """Returns the summary shape of the metrics document: count, sum, p50, p90, p99, max."""
+    """Returns the summary shape of the metrics document (count, sum, p50, p90, p99, max) plus min."""
     return {
         "count": len(values),
         "sum": float(sum(values)),
@@ -47,6 +47,7 @@ def summarize(values: Sequence[float]) -> dict[str, float]:
         "p90": percentile(values, 90),
         "p99": percentile(values, 99),
         "max": max(values) if values else math.nan,
+        "min": min(values) if values else math.nan,
     }
 
 

@@ -67,7 +67,7 @@ def test_percentile_of_an_empty_sample_is_nan_and_a_bad_q_is_refused() -> None:
 
 def test_summarize_has_the_metrics_document_shape() -> None:
     summary = summarize([1.0, 2.0, 3.0])
-    assert set(summary) == {"count", "sum", "p50", "p90", "p99", "max"}
+    assert set(summary) == {"count", "sum", "p50", "p90", "p99", "max", "min"}
     assert (summary["count"], summary["sum"], summary["p50"], summary["max"]) == (3, 6.0, 2.0, 3.0)
 
 
