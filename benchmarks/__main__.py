@@ -29,8 +29,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Settings, Path | None]:
     parser.add_argument("--jobs-per-stage", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=4, help="worker processes (default 4)")
     parser.add_argument("--max-parallel-jobs", type=int, default=os.cpu_count() or 1,
-                        help="jobs at once per worker (default: CPUs, as the worker); the floor uses "
-                             "workers x this many threads")
+                        help="jobs at once per worker (default: CPUs, as the worker); "
+                             "the floor uses workers x this many threads")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each kind (median)")
     parser.add_argument("--capacity-jobs", type=int, default=10000)
     parser.add_argument("--capacity-threads", type=int, default=8)
@@ -38,8 +38,9 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Settings, Path | None]:
                         help="jobs per claim in the capacity measurement")
     parser.add_argument("--no-batched", action="store_true", help="skip batched completions")
     parser.add_argument("--no-capacity", action="store_true", help="skip the capacity runs")
-    parser.add_argument("--run-timeout", type=float, default=600.0,
-                        help="seconds any single run may take before it is aborted")
+    parser.add_argument("--run-timeout", type=float, default=None,
+                        help="seconds any single run may take before it is aborted "
+                             "(default 120 s + 0.1 s per job)")
     parser.add_argument("--keep", action="store_true", help="keep servers' and workers' files")
     parser.add_argument("--json", type=Path, help="also write every figure to this file")
     parser.add_argument("-v", "--verbose", action="store_true")

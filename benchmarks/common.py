@@ -203,7 +203,8 @@ class ServerProcess:
 
     def _died_message(self) -> str:
         err = (self.workdir / "server.err").read_text(errors="replace")[-2000:]
-        return f"the server exited during start-up with code {self.proc.returncode if self.proc else '?'}:\n{err}"
+        code = self.proc.returncode if self.proc else "?"
+        return f"the server exited during start-up with code {code}:\n{err}"
 
     def __exit__(self, *exc: object) -> None:
         if self.proc is not None:
@@ -226,7 +227,9 @@ def worker_command(url: str, workflow_id: int, *, slots: int, output_dir: Path, 
 
 
 @contextlib.contextmanager
-def started(commands: Sequence[Sequence[str]], workdir: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
+def started(
+    commands: Sequence[Sequence[str]], workdir: Path
+) -> Iterator[list[subprocess.Popen[bytes]]]:
     """Starts the commands (stdout/stderr to files in workdir) and stops them all on exit."""
     procs: list[subprocess.Popen[bytes]] = []
     try:
@@ -254,14 +257,17 @@ def wait_all(procs: Sequence[subprocess.Popen[bytes]], deadline: Deadline,
         for index, code in enumerate(codes):
             if code not in (None, 0):
                 tail = (workdir / f"proc-{index}.out").read_text(errors="replace")[-1500:]
-                raise BenchmarkError(f"worker {index} (pid {procs[index].pid}) exited {code}:\n{tail}")
+                raise BenchmarkError(
+                    f"worker {index} (pid {procs[index].pid}) exited {code}:\n{tail}")
         if all(code == 0 for code in codes):
             return
         deadline.check()
         time.sleep(0.02)
 
 
-def read_jobs(database: Path, workflow_id: int) -> tuple[list[dict[str, Any]], list[tuple[int, int]]]:
+def read_jobs(
+    database: Path, workflow_id: int
+) -> tuple[list[dict[str, Any]], list[tuple[int, int]]]:
     """Reads the job rows (times, depth) and dependency edges of a workflow from the DB."""
     uri = f"file:{database}?mode=ro"
     with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=30)) as conn:

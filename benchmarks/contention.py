@@ -20,7 +20,6 @@ from typing import Any
 
 from benchmarks import stats
 from benchmarks.common import (
-    BenchmarkError,
     Deadline,
     ServerProcess,
     count_lines,
@@ -55,6 +54,8 @@ class ContentionRun:
         worker_latency_ms: worker-side latency summaries by operation, merged over workers.
         write_path: the metrics document's ``write_path`` section.
         unblock: the metrics document's ``unblock`` section.
+        transactions: the metrics document's ``transactions`` section (group commit).
+        lock_errors_metric: the metrics document's ``lock_errors``.
         error_lines: ERROR lines in the server and worker logs.
         lock_errors: ERROR lines containing ``database is locked``.
         busy_retries: DEBUG lines ``database is locked, retrying``.
@@ -74,6 +75,8 @@ class ContentionRun:
     worker_latency_ms: dict[str, dict[str, float]] = field(default_factory=dict)
     write_path: dict[str, Any] = field(default_factory=dict)
     unblock: dict[str, Any] = field(default_factory=dict)
+    transactions: dict[str, Any] = field(default_factory=dict)
+    lock_errors_metric: int = 0
     error_lines: int = 0
     lock_errors: int = 0
     busy_retries: int = 0
@@ -141,6 +144,8 @@ def _add_metrics(run: ContentionRun, metrics: dict[str, Any]) -> None:
     }
     run.write_path = metrics.get("write_path") or {}
     run.unblock = metrics.get("unblock") or {}
+    run.transactions = metrics.get("transactions") or {}
+    run.lock_errors_metric = int(metrics.get("lock_errors") or 0)
 
 
 def _add_database(run: ContentionRun, database: Path, workflow_id: int) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 
 from tabulate import tabulate
@@ -63,7 +64,8 @@ def figures_table(results: SuiteResults) -> str:
         ])
     return (f"{jobs} jobs, {results.settings.slots} slots "
             f"({results.settings.workers} workers x {results.settings.max_parallel_jobs}), "
-            f"median of {results.settings.repeat}\n" + tabulate(rows, disable_numparse=True, headers=[
+            f"median of {results.settings.repeat}\n" + tabulate(
+                rows, disable_numparse=True, headers=[
                 "run", "makespan s", "x floor", "wall s", "server CPU s/1000 jobs",
                 "peak RSS MiB", "hop p50 ms", "hop max ms", "makespans s"]))
 
@@ -88,7 +90,8 @@ def hops_table(results: SuiteResults) -> str:
         headers += [f"{mode} ready p50", "ready max", "first claim"]
     return ("hop = dependent's ready_time - last upstream end_time, ms, all repeats; "
             "first claim = earliest claim_time of the level - last upstream end_time "
-            "(how soon a worker picked the work up)\n" + tabulate(rows, disable_numparse=True, headers=headers))
+            "(how soon a worker picked the work up)\n"
+            + tabulate(rows, disable_numparse=True, headers=headers))
 
 
 def latency_table(results: SuiteResults) -> str:
@@ -113,6 +116,32 @@ def latency_table(results: SuiteResults) -> str:
 def _summary_cells(summary: dict[str, float]) -> list[str]:
     return [str(int(summary.get("count", 0))),
             *(_num(summary.get(k), 2) for k in ("p50", "p90", "p99", "max"))]
+
+
+def server_table(results: SuiteResults) -> str:
+    """What the server did in the median run of each mode: group commit, unblocking, waits."""
+    rows = []
+    for mode, runs in results.runs.items():
+        run = median_run(runs)
+        if run is None:
+            continue
+        tx = run.transactions
+        unblock = run.unblock
+        rows.append([
+            mode, str(tx.get("count", "n/a")),
+            _num(tx["ops"] / tx["count"], 2) if tx.get("count") else "n/a",
+            _num((tx.get("hold_ms") or {}).get("p99"), 2),
+            str(unblock.get("passes", "n/a")),
+            _num((unblock.get("duration_ms") or {}).get("max"), 2),
+            *(_num(((run.write_path.get(op) or {}).get("wait_ms") or {}).get("p99"), 2)
+              for op in ("claim", "start_job", "complete_job")),
+            str(sum(int(v.get("busy_retries", 0)) for v in run.write_path.values())),
+        ])
+    return ("server internals (median run, from its metrics document)\n" + tabulate(
+        rows, disable_numparse=True, headers=[
+            "mode", "transactions", "ops per tx", "tx hold p99 ms", "unblock passes",
+            "unblock max ms", "claim wait p99 ms", "start wait p99 ms", "complete wait p99 ms",
+            "SQLITE_BUSY retries"]))
 
 
 def capacity_table(results: SuiteResults) -> str:
@@ -147,8 +176,11 @@ def stages_table(results: SuiteResults) -> str:
 
 def render(results: SuiteResults) -> str:
     """Returns every table, separated by blank lines."""
-    parts = [checks_table(results), figures_table(results), hops_table(results),
-             latency_table(results)]
+    before, after = results.load_before[0], results.load_after[0]
+    load = (f"machine: {os.cpu_count()} CPUs, load average {before:.1f} before, {after:.1f} after "
+            "(others' work shares these cores; compare ratios, not absolute times)")
+    parts = [load, checks_table(results), figures_table(results), hops_table(results),
+             latency_table(results), server_table(results)]
     if results.capacity:
         parts.append(capacity_table(results))
     parts.append(stages_table(results))

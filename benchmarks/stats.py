@@ -39,7 +39,7 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 
 def summarize(values: Sequence[float]) -> dict[str, float]:
-    """Returns the summary shape of the metrics document (count, sum, p50, p90, p99, max) plus min."""
+    """Returns the metrics document's summary (count, sum, p50, p90, p99, max) plus min."""
     return {
         "count": len(values),
         "sum": float(sum(values)),
@@ -251,7 +251,8 @@ def stage_spans(jobs: Iterable[Mapping[str, Any]]) -> list[StageSpan]:
         following = levels[position + 1] if position + 1 < len(levels) else []
         barrier = following if len(following) == 1 else []
         barrier_ends = _times(barrier, "end_time")
-        start = previous_end if previous_end is not None else min(_times(level, "ready_time") or ends)
+        first_ready = min(_times(level, "ready_time") or ends)
+        start = previous_end if previous_end is not None else first_ready
         end = barrier_ends[0] if barrier_ends else max(ends)
         spans.append(
             StageSpan(

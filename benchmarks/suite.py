@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,8 +43,12 @@ class Settings:
     claim_limit: int = 10
     batched: bool = True
     capacity: bool = True
-    run_timeout: float = 600.0
+    run_timeout: float | None = None
     keep: bool = False
+
+    def timeout_for(self, jobs: int) -> float:
+        """Seconds one run of ``jobs`` jobs may take: --run-timeout, else 120 s + 0.1 s/job."""
+        return self.run_timeout if self.run_timeout is not None else 120.0 + 0.1 * jobs
 
     @property
     def slots(self) -> int:
@@ -57,6 +62,8 @@ class SuiteResults:
 
     settings: Settings
     jobs: int = 0
+    load_before: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    load_after: tuple[float, float, float] = (0.0, 0.0, 0.0)
     floor_s: list[float] = field(default_factory=list)
     runs: dict[str, list[ContentionRun]] = field(default_factory=dict)
     capacity: dict[str, list[CapacityResult]] = field(default_factory=dict)
@@ -69,17 +76,18 @@ def run_suite(settings: Settings) -> SuiteResults:
         BenchmarkError: a run failed or passed its time bound.
     """
     plan = contention_plan(settings.stages, settings.jobs_per_stage)
-    results = SuiteResults(settings, jobs=len(plan.jobs))
+    results = SuiteResults(settings, jobs=len(plan.jobs), load_before=os.getloadavg())
+    timeout = settings.timeout_for(len(plan.jobs))
     modes = [False, True] if settings.batched else [False]
     for index in range(settings.repeat):
         log.info("repeat %d/%d: floor", index + 1, settings.repeat)
         results.floor_s.append(run_floor(floor_jobs(plan), settings.slots,
-                                         timeout=settings.run_timeout, keep=settings.keep))
+                                         timeout=timeout, keep=settings.keep))
         for batch in modes:
             log.info("repeat %d/%d: %s completions", index + 1, settings.repeat,
                      "batched" if batch else "per-job")
             run = run_contention(plan, workers=settings.workers, slots=settings.max_parallel_jobs,
-                                 batch=batch, timeout=settings.run_timeout, keep=settings.keep)
+                                 batch=batch, timeout=timeout, keep=settings.keep)
             results.runs.setdefault(run.mode, []).append(run)
     if settings.capacity:
         for index in range(settings.repeat):
@@ -88,8 +96,10 @@ def run_suite(settings: Settings) -> SuiteResults:
                          "batched" if batch else "per-job")
                 result = run_capacity(settings.capacity_jobs, settings.capacity_threads,
                                       settings.claim_limit, batch=batch,
-                                      timeout=settings.run_timeout, keep=settings.keep)
+                                      timeout=settings.timeout_for(settings.capacity_jobs),
+                                      keep=settings.keep)
                 results.capacity.setdefault(result.mode, []).append(result)
+    results.load_after = os.getloadavg()
     return results
 
 
@@ -144,7 +154,8 @@ def checks(results: SuiteResults) -> list[stats.Check]:
         out.append(stats.Check("barrier hop latency max, batched (ms)",
                                max(all_hops_ms(results.runs["batched"]), default=math.nan),
                                HOP_MAX_MS_TARGET))
-    for mode, target in (("per-job", CAPACITY_PER_JOB_TARGET), ("batched", CAPACITY_BATCHED_TARGET)):
+    targets = (("per-job", CAPACITY_PER_JOB_TARGET), ("batched", CAPACITY_BATCHED_TARGET))
+    for mode, target in targets:
         if mode in results.capacity:
             out.append(stats.Check(
                 f"capacity, {mode} completions, {results.settings.capacity_threads} threads (/s)",
@@ -157,6 +168,8 @@ def checks(results: SuiteResults) -> list[stats.Check]:
         stats.Check("server peak RSS, max over runs (MB)",
                     max((r.server_peak_rss / 1e6 for r in all_runs), default=math.nan),
                     RSS_TARGET_MB),
+        stats.Check("database is locked: ERROR lines + metrics lock_errors (all runs)",
+                    float(sum(r.lock_errors + r.lock_errors_metric for r in all_runs)), 0.0),
         stats.Check("ERROR lines in server + worker logs (all runs)",
                     float(sum(r.error_lines for r in all_runs)), 0.0),
         stats.Check("jobs not completed (all runs)",
