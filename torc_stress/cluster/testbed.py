@@ -516,7 +516,7 @@ def testbed_up(config: TestbedConfig | None = None) -> Testbed:
 
 def _build(config: TestbedConfig, plan: TestbedPlan, state_dir: Path) -> Testbed:
     started = time.monotonic()
-    _mkdir(state_dir, _NullState())
+    state_dir.mkdir(parents=True, exist_ok=True)  # kept if it held other files before
     state = _State(state_dir / STATE_FILE)
     state.data["prefix"] = config.prefix
     state.save()
@@ -568,16 +568,6 @@ def _build(config: TestbedConfig, plan: TestbedPlan, state_dir: Path) -> Testbed
     logger.info("testbed up hosts=%d subnet=%s state_dir=%s seconds=%.2f", len(plan.hosts),
                 config.subnet, state_dir, time.monotonic() - started)
     return testbed
-
-
-class _NullState(_State):
-    """A state that records nothing (for the state directory itself, which is kept)."""
-
-    def __init__(self) -> None:
-        super().__init__(Path("/nonexistent"))
-
-    def add(self, kind: str, value: str) -> None:
-        return None
 
 
 def rotate_host_key(config: TestbedConfig, host: str) -> str:
