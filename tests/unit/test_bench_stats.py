@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -161,3 +162,18 @@ def test_hops_of_repeated_runs_count_each_dependent_job_once() -> None:
         ("stage2_* (2)", 2, 4),
         ("barrier_stage2_complete", 1, 2),
     ]
+
+
+def test_the_busy_profile_leaves_out_threads_that_wait(tmp_path: Path) -> None:
+    from benchmarks.profile import busy_profile
+
+    raw = tmp_path / "server.txt"
+    raw.write_text(
+        "main (app.py:1);Runner.run (asyncio/runners.py:118) 50\n"
+        "main (app.py:1);handle (app.py:9);dumps (json.py:3) 30\n"
+        "main (app.py:1);handle (app.py:9) 10\n"
+    )
+    busy, own, inclusive = busy_profile(raw)
+    assert busy == 40
+    assert own == [("dumps (json.py:3)", 30), ("handle (app.py:9)", 10)]
+    assert dict(inclusive)["main (app.py:1)"] == 40
