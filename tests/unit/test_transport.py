@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -245,3 +248,124 @@ def test_map_ssh_errors_turns_invoke_timeouts_into_command_timeouts() -> None:
 def test_cmd_result_ok_means_exit_zero() -> None:
     assert CmdResult("h", "c", 0, "", "", 0.0).ok
     assert not CmdResult("h", "c", 1, "", "", 0.0).ok
+
+
+class _ExecServer(paramiko.ServerInterface):
+    """Accepts one client key and runs exec requests with /bin/sh on this machine."""
+
+    def __init__(self, client_key: paramiko.PKey, procs: list[subprocess.Popen[bytes]]) -> None:
+        self.client_key, self.procs = client_key, procs
+
+    def get_allowed_auths(self, username: str) -> str:
+        return "publickey"
+
+    def check_auth_publickey(self, username: str, key: paramiko.PKey) -> int:
+        ok = key.get_base64() == self.client_key.get_base64()
+        return paramiko.AUTH_SUCCESSFUL if ok else paramiko.AUTH_FAILED
+
+    def check_channel_request(self, kind: str, chanid: int) -> int:
+        return paramiko.OPEN_SUCCEEDED if kind == "session" else \
+            paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
+
+    def check_channel_exec_request(self, channel: paramiko.Channel, command: bytes) -> bool:
+        proc = subprocess.Popen(["/bin/sh", "-c", command.decode()], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                start_new_session=True)
+        self.procs.append(proc)
+        threading.Thread(target=_serve_exec, args=(channel, proc), daemon=True).start()
+        return True
+
+
+def _serve_exec(channel: paramiko.Channel, proc: subprocess.Popen[bytes]) -> None:
+    def pump() -> None:
+        assert proc.stdin is not None
+        with contextlib.suppress(OSError, EOFError):
+            while data := channel.recv(4096):
+                proc.stdin.write(data)
+                proc.stdin.flush()
+            proc.stdin.close()
+
+    threading.Thread(target=pump, daemon=True).start()
+    assert proc.stdout is not None and proc.stderr is not None
+    out, err = proc.stdout.read(), proc.stderr.read()
+    code = proc.wait()
+    with contextlib.suppress(OSError, EOFError):
+        channel.sendall(out)
+        channel.sendall_stderr(err)
+        channel.send_exit_status(code if code >= 0 else 128 - code)
+        channel.close()
+
+
+@pytest.fixture
+def ssh_server(tmp_path: Path, host_keys: tuple[paramiko.PKey, paramiko.PKey]
+               ) -> Iterator[tuple[Host, Path]]:
+    """An in-process SSH server on loopback (no sshd), its Host and known_hosts file."""
+    server_key, client_key = host_keys
+    key_file = tmp_path / "id_rsa"
+    client_key.write_private_key_file(str(key_file))
+    procs: list[subprocess.Popen[bytes]] = []
+    transports: list[paramiko.Transport] = []
+
+    def handle(conn: socket.socket) -> None:
+        transport = paramiko.Transport(conn)
+        transports.append(transport)
+        transport.add_server_key(server_key)
+        with contextlib.suppress(Exception):
+            transport.start_server(server=_ExecServer(client_key, procs))
+
+    with listening(handle) as port:
+        known = tmp_path / "known_hosts"
+        known.write_text(f"[127.0.0.1]:{port} {server_key.get_name()} "
+                         f"{server_key.get_base64()}\n")
+        host = Host("h1", "127.0.0.1", port, "tester", key_file, "ssh", {}, ())
+        try:
+            yield host, known
+        finally:
+            for transport in transports:
+                transport.close()
+            for proc in procs:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+
+
+def test_fabric_run_returns_streams_exit_code_env_and_stdin(
+        ssh_server: tuple[Host, Path]) -> None:
+    host, known = ssh_server
+    transport = connect(host, known_hosts=known, connect_timeout=5, keepalive=7)
+    try:
+        result = transport.run('printf "%s|" "$A"; cat; echo err >&2; exit 4', timeout=10,
+                               env={"A": "it's"}, stdin="in")
+        assert (result.exit_code, result.stdout, result.stderr) == (4, "it's|in", "err\n")
+        assert result.command.startswith("printf")
+        assert transport._cxn.transport.default_window_size  # type: ignore[attr-defined]
+        assert transport._cxn.transport.packetizer._Packetizer__keepalive_interval == 7  # type: ignore[attr-defined]
+    finally:
+        transport.close()
+
+
+def test_fabric_run_past_its_timeout_raises_command_timeout(
+        ssh_server: tuple[Host, Path]) -> None:
+    host, known = ssh_server
+    transport = connect(host, known_hosts=known, connect_timeout=5)
+    try:
+        started = time.monotonic()
+        try:
+            result = transport.run("sleep 20", timeout=1)
+        except CommandTimeout as exc:
+            assert str(exc) == "h1: command timed out after 1 s: sleep 20"
+        else:
+            pytest.fail(f"no CommandTimeout, the run returned {result}")
+        assert time.monotonic() - started < 8
+    finally:
+        transport.close()
+
+
+def test_a_wrong_key_file_is_unreachable_with_authentication_advice(
+        ssh_server: tuple[Host, Path], tmp_path: Path) -> None:
+    host, known = ssh_server
+    other = tmp_path / "other_key"
+    paramiko.RSAKey.generate(1024).write_private_key_file(str(other))
+    wrong = Host(host.name, host.address, host.port, host.user, other, "ssh", {}, ())
+    with pytest.raises(UnreachableError, match="authentication failed.*ansible_ssh_private_key"):
+        connect(wrong, known_hosts=known, connect_timeout=5)

@@ -309,10 +309,7 @@ def _failure_message(result: Mapping[str, Any]) -> str:
 def _summary(result: Mapping[str, Any]) -> str:
     if result.get("stdout"):
         return _tail(result["stdout"], 3)
-    shown = {k: v for k, v in result.items() if k not in ("changed", "failed")}
-    if "msg" in shown and shown["msg"]:
-        return str(shown["msg"])
-    return ""
+    return str(result.get("msg") or "")
 
 
 def _allowed(inventory: Inventory, limit: Sequence[str] | None) -> set[str] | None:

@@ -258,6 +258,13 @@ def _file_errors(host: str, op: str, remote: str) -> Iterator[None]:
         raise HostError(host, f"cannot {op} {remote}: {exc.strerror or exc}") from exc
 
 
+def _handshake_done(client: Any) -> bool:
+    """Whether the SSH handshake finished but authentication did not."""
+    transport = client.get_transport()
+    return bool(transport is not None and transport.remote_version
+                and not transport.is_authenticated())
+
+
 class FabricTransport:
     """A Fabric connection with verified host keys, timeouts and keepalive."""
 
@@ -294,9 +301,15 @@ class FabricTransport:
             cxn.client.set_missing_host_key_policy(paramiko.RejectPolicy())
             try:
                 cxn.open()
+            except paramiko.BadHostKeyException:
+                raise
             except paramiko.SSHException as exc:
                 if "not found in known_hosts" in str(exc):
                     raise self._unknown_key() from exc
+                if _handshake_done(cxn.client) and not isinstance(
+                        exc, paramiko.AuthenticationException):
+                    # NOTE: paramiko re-raises the last key-loading error when every key failed
+                    raise paramiko.AuthenticationException(str(exc)) from exc
                 raise
             cxn.transport.set_keepalive(int(keepalive))
         log.debug("connected host=%s address=%s port=%s", self.host, host.address, host.port)
