@@ -276,6 +276,41 @@ class _ExecServer(paramiko.ServerInterface):
         return True
 
 
+class _Handle(paramiko.SFTPHandle):
+    def stat(self) -> paramiko.SFTPAttributes:
+        return paramiko.SFTPAttributes.from_stat(os.fstat(self.readfile.fileno()))
+
+
+class _LocalSFTP(paramiko.SFTPServerInterface):
+    """SFTP onto this machine's filesystem (enough for Fabric's put and get)."""
+
+    def open(self, path: str, flags: int, attr: paramiko.SFTPAttributes) -> object:
+        try:
+            fd = os.open(path, flags, 0o666)
+        except OSError as exc:
+            return paramiko.SFTPServer.convert_errno(exc.errno)
+        mode = "wb" if flags & os.O_WRONLY else "r+b" if flags & os.O_RDWR else "rb"
+        handle = _Handle(flags)
+        handle.readfile = handle.writefile = os.fdopen(fd, mode)
+        return handle
+
+    def stat(self, path: str) -> object:
+        try:
+            return paramiko.SFTPAttributes.from_stat(os.stat(path))
+        except OSError as exc:
+            return paramiko.SFTPServer.convert_errno(exc.errno)
+
+    lstat = stat
+
+    def chattr(self, path: str, attr: paramiko.SFTPAttributes) -> int:
+        if attr._flags & attr.FLAG_PERMISSIONS:
+            os.chmod(path, attr.st_mode)
+        return paramiko.SFTP_OK
+
+    def canonicalize(self, path: str) -> str:
+        return os.path.normpath(path if os.path.isabs(path) else os.path.join("/", path))
+
+
 def _serve_exec(channel: paramiko.Channel, proc: subprocess.Popen[bytes]) -> None:
     def pump() -> None:
         assert proc.stdin is not None
@@ -310,6 +345,7 @@ def ssh_server(tmp_path: Path, host_keys: tuple[paramiko.PKey, paramiko.PKey]
         transport = paramiko.Transport(conn)
         transports.append(transport)
         transport.add_server_key(server_key)
+        transport.set_subsystem_handler("sftp", paramiko.SFTPServer, _LocalSFTP)
         with contextlib.suppress(Exception):
             transport.start_server(server=_ExecServer(client_key, procs))
 
@@ -369,3 +405,38 @@ def test_a_wrong_key_file_is_unreachable_with_authentication_advice(
     wrong = Host(host.name, host.address, host.port, host.user, other, "ssh", {}, ())
     with pytest.raises(UnreachableError, match="authentication failed.*ansible_ssh_private_key"):
         connect(wrong, known_hosts=known, connect_timeout=5)
+
+
+def test_fabric_put_and_get_copy_over_sftp_and_set_the_mode(
+        ssh_server: tuple[Host, Path], tmp_path: Path) -> None:
+    host, known = ssh_server
+    src = tmp_path / "src.txt"
+    src.write_text("payload")
+    transport = connect(host, known_hosts=known, connect_timeout=5)
+    try:
+        transport.put(src, str(tmp_path / "remote.txt"), mode=0o640)
+        transport.get(str(tmp_path / "remote.txt"), tmp_path / "back" / "copy.txt")
+    finally:
+        transport.close()
+    assert (tmp_path / "remote.txt").read_text() == "payload"
+    assert (tmp_path / "remote.txt").stat().st_mode & 0o777 == 0o640
+    assert (tmp_path / "back" / "copy.txt").read_text() == "payload"
+
+
+def test_fabric_file_errors_are_host_errors_not_unreachable(
+        ssh_server: tuple[Host, Path], tmp_path: Path) -> None:
+    host, known = ssh_server
+    src = tmp_path / "src.txt"
+    src.write_text("x")
+    transport = connect(host, known_hosts=known, connect_timeout=5)
+    try:
+        with pytest.raises(HostError, match="h1: cannot put .*/missing/f") as put_error:
+            transport.put(src, str(tmp_path / "missing" / "f"))
+        with pytest.raises(HostError, match="h1: cannot get .*/nope") as get_error:
+            transport.get(str(tmp_path / "nope"), tmp_path / "x")
+        assert transport.run("true", timeout=5).exit_code == 0  # the connection still works
+    finally:
+        transport.close()
+    assert not isinstance(put_error.value, UnreachableError)
+    assert not isinstance(get_error.value, UnreachableError)
+    assert not (tmp_path / "x").exists()

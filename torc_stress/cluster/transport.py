@@ -345,8 +345,14 @@ class FabricTransport:
     def get(self, remote: str, local: Path) -> None:
         """Copy ``remote`` to ``local`` over SFTP."""
         local.parent.mkdir(parents=True, exist_ok=True)
-        with self._lock, map_ssh_errors(self.host), _file_errors(self.host, "get", remote):
-            self._cxn.get(remote, str(local))
+        existed = local.exists()
+        try:
+            with self._lock, map_ssh_errors(self.host), _file_errors(self.host, "get", remote):
+                self._cxn.get(remote, str(local))
+        except HostError:
+            if not existed:  # do not leave the empty file SFTP created
+                local.unlink(missing_ok=True)
+            raise
 
     def close(self) -> None:
         """Close the SSH connection."""
