@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -185,3 +186,18 @@ def test_the_worker_writes_its_metrics_file_at_exit(tmp_path: Path) -> None:
     assert doc["jobs_run"] == 6
     assert doc["compute_node_id"] == 7
     assert doc["job_wall_ms"]["count"] == 6
+
+
+def test_a_job_gets_only_stdin_stdout_and_stderr_of_the_workers_descriptors(
+        tmp_path: Path) -> None:
+    leaked_r, leaked_w = os.pipe()
+    os.dup2(leaked_w, 200, inheritable=True)
+    try:
+        jobs = {1: {"id": 1, "name": "fds", "command": "ls /proc/$$/fd"}}
+        run_worker(FakeServer(jobs), tmp_path)
+    finally:
+        for fd in (leaked_r, leaked_w, 200):
+            os.close(fd)
+    listed = (tmp_path / "job_stdio" / "job_wf1_j1_r1_a1.o").read_text().split()
+    assert "200" not in listed
+    assert {"0", "1", "2"} <= set(listed)
