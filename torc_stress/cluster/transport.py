@@ -332,8 +332,13 @@ class FabricTransport:
         with map_ssh_errors(self.host, command=command, timeout=timeout):
             result = self._cxn.run(env_prefix(env) + command, hide=True, warn=True,
                                    in_stream=stream, timeout=timeout)
+        elapsed = time.monotonic() - started
+        if elapsed >= timeout:
+            # NOTE: invoke only raises CommandTimedOut if its timer thread has already ended
+            # when it checks (a race under load); its timer closed the channel either way.
+            raise CommandTimeout(self.host, command, timeout)
         return CmdResult(self.host, command, result.exited, result.stdout, result.stderr,
-                         time.monotonic() - started)
+                         elapsed)
 
     def put(self, local: Path, remote: str, *, mode: int | None = None) -> None:
         """Copy ``local`` to ``remote`` over SFTP, then chmod when ``mode`` is given."""
