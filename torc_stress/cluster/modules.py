@@ -221,15 +221,22 @@ _FILE_STATES: dict[str, str] = {
     "touch": "touch -- {p} && echo changed",
     "file": "if [ -f {p} ]; then echo ok; else echo 'file {path} does not exist' >&2; exit 1; fi",
 }
+#: Without ``state``, Ansible keeps what is there (a file or a directory) and only sets the mode.
+_CURRENT_STATE = ("if [ -e {p} ]; then echo ok; else echo 'file {path} does not exist' >&2; "
+                  "exit 1; fi")
 
 
 def run_file(args: dict[str, Any], ctx: ModuleContext) -> Result:
-    """``file``: make ``path`` a directory, remove it, touch it or check it is a file; set mode."""
-    path, state = str(args["path"]), str(args.get("state", "file"))
-    if state not in _FILE_STATES:
+    """``file``: make ``path`` a directory, remove it, touch it or check it is a file; set mode.
+
+    Without ``state`` the path must exist (file or directory) and only its mode is managed.
+    """
+    path, state = str(args["path"]), args.get("state")
+    if state is not None and state not in _FILE_STATES:
         return {"changed": False, "failed": True, "path": path,
                 "msg": f"state must be one of {', '.join(_FILE_STATES)}, got {state!r}"}
-    script = _FILE_STATES[state].format(p=q(path), path=path.replace("'", ""))
+    template = _CURRENT_STATE if state is None else _FILE_STATES[state]
+    script = template.format(p=q(path), path=path.replace("'", ""))
     mode = parse_mode(args.get("mode"))
     if mode is not None and state != "absent":
         octal = format(mode, "o")
