@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -275,3 +276,18 @@ def test_a_command_timeout_fails_the_host_with_the_timeout(tmp_path: Path) -> No
                     FakeHosts(answer))
     assert "timed out after 7 s" in result.failures["w1"]
     assert set(result.failures) == {"w1"}
+
+
+def test_an_interrupt_ends_running_commands_instead_of_waiting_for_them(tmp_path: Path) -> None:
+    inventory = make_inventory(tmp_path, **{h: {"ansible_connection": "local"} for h in HOSTS})
+    path = tmp_path / "play.yml"
+    path.write_text(yaml.safe_dump([play(
+        {"name": "t", "shell": "{{ 'true' if inventory_hostname == 's1' else 'sleep 30' }}"})]))
+
+    def interrupt(event: TaskEvent) -> None:
+        raise KeyboardInterrupt
+
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        run_playbook(path, inventory, on_event=interrupt)
+    assert time.monotonic() - started < 10

@@ -103,6 +103,26 @@ def test_local_timeout_kills_background_children_holding_the_output_open() -> No
     assert time.monotonic() - started < 5
 
 
+def test_closing_a_local_transport_ends_its_running_commands() -> None:
+    transport = LocalTransport("me")
+    errors: list[Exception] = []
+
+    def run() -> None:
+        try:
+            transport.run("sleep 30 & sleep 30", timeout=60)
+        except HostError as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    started = time.monotonic()
+    thread.start()
+    time.sleep(0.3)
+    transport.close()
+    thread.join(10)
+    assert time.monotonic() - started < 5
+    assert [str(e) for e in errors] == ["me: interrupted (transport closed): sleep 30 & sleep 30"]
+
+
 def test_local_put_and_get_copy_files_and_set_the_mode(tmp_path: Path) -> None:
     src = tmp_path / "a"
     src.write_text("data")

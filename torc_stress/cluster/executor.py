@@ -349,15 +349,22 @@ def run_playbook(path: Path | Playbook, inventory: Inventory, *,
     allowed = _allowed(inventory, limit)
     own = connections is None
     cache = connections or ConnectionCache()
+    pool = ThreadPoolExecutor(max_workers=max(1, forks), thread_name_prefix="play")
+    run = _Run(playbook, inventory, extra_vars or {}, cache, on_event, pool)
     try:
-        with ThreadPoolExecutor(max_workers=max(1, forks), thread_name_prefix="play") as pool:
-            run = _Run(playbook, inventory, extra_vars or {}, cache, on_event, pool)
-            for play in playbook.plays:
-                if not run.run_play(play, allowed):
-                    log.info("no hosts left, stopping the playbook after play %r", play.name)
-                    break
+        for play in playbook.plays:
+            if not run.run_play(play, allowed):
+                log.info("no hosts left, stopping the playbook after play %r", play.name)
+                break
+    except BaseException:
+        # NOTE: Ctrl-C: closing the transports ends the commands still running in the pool, so
+        # nothing waits for their timeouts; the cache reconnects on next use.
+        cache.close_all()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
     finally:
         if own:
             cache.close_all()
+    pool.shutdown()
     run.result.duration_s = time.monotonic() - started
     return run.result

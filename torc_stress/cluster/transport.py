@@ -104,6 +104,9 @@ class LocalTransport:
 
     def __init__(self, host: str = "localhost") -> None:
         self.host = host
+        self._lock = threading.Lock()
+        self._running: set[subprocess.Popen[str]] = set()
+        self._closed = False
 
     def run(
         self,
@@ -119,11 +122,18 @@ class LocalTransport:
             ["/bin/sh", "-c", env_prefix(env) + command], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
         )
+        with self._lock:
+            self._running.add(proc)
         try:
             stdout, stderr = proc.communicate(stdin if stdin is not None else "", timeout=timeout)
         except subprocess.TimeoutExpired as exc:
             _kill_group(proc)
             raise CommandTimeout(self.host, command, timeout) from exc
+        finally:
+            with self._lock:
+                self._running.discard(proc)
+        if self._closed:
+            raise HostError(self.host, f"interrupted (transport closed): {command}")
         return CmdResult(self.host, command, proc.returncode, stdout, stderr,
                          time.monotonic() - started)
 
@@ -145,7 +155,13 @@ class LocalTransport:
             raise HostError(self.host, f"cannot copy {remote} to {local}: {exc}") from exc
 
     def close(self) -> None:
-        """Nothing to release."""
+        """Kill the commands still running (each with everything it started)."""
+        with self._lock:
+            self._closed = True
+            running = list(self._running)
+        for proc in running:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
 
 
 # ---------------------------------------------------------------------------- fake
