@@ -1,11 +1,11 @@
-"""The single writer: one thread, one read-write connection, group commit.
+"""The single writer: one read-write connection, group commit on the serving event loop.
 
-Every mutation is an :class:`Op` put on a queue. The writer takes one op, drains whatever else is
-already queued (up to :data:`MAX_BATCH`), runs them in ONE ``BEGIN IMMEDIATE`` transaction with a
-SAVEPOINT per op (a failing op rolls back only itself), runs the end-of-batch hook (the
-unblocker), commits once and only then resolves the callers' futures: an acknowledged write is
-durable. SQLITE_BUSY (another *process* holds the write lock) is retried with jittered backoff and
-turned into a retryable 503 after ``lock_error_after`` seconds.
+Every mutation is an :class:`Op`. Ops queued in the same event-loop iteration (up to
+:data:`MAX_BATCH`) run in ONE ``BEGIN IMMEDIATE`` transaction with a SAVEPOINT per op (a failing
+op rolls back only itself), then the end-of-batch hook (the unblocker) runs, the transaction
+commits once and only then are the callers' futures resolved: an acknowledged write is durable.
+SQLITE_BUSY (another *process* holds the write lock) is retried with jittered backoff without
+blocking the loop, and turned into a retryable 503 after ``lock_error_after`` seconds.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-import queue
 import random
 import sqlite3
 import threading
@@ -30,7 +29,10 @@ from torc_stress.server.metrics import Metrics
 logger = logging.getLogger(__name__)
 
 MAX_BATCH = 500
-_STOP = object()
+
+
+class _Refused(Exception):  # noqa: N818 - internal signal: the batch got 503s, nothing to run
+    """Raised by :meth:`Writer._begin` after ``lock_error_after`` seconds of SQLITE_BUSY."""
 
 
 class BatchHooks(Protocol):
@@ -74,7 +76,16 @@ def is_lock_error(exc: BaseException) -> bool:
 
 
 class Writer:
-    """Owns the read-write connection and runs queued ops in group-commit transactions."""
+    """Owns the read-write connection and runs queued ops in group-commit transactions.
+
+    The group commit runs on the event loop that serves the requests: a handler appends its op
+    and awaits a future; the first op of a loop iteration schedules :meth:`_flush` with
+    ``call_soon``, so every request parsed in the same iteration shares one transaction, and
+    the futures are resolved on the loop with no thread hand-off. A write lock held by another
+    *process* (SQLITE_BUSY) never blocks the loop: ``BEGIN IMMEDIATE`` fails at once and the
+    batch is retried with ``call_later`` and jittered backoff. Threads other than the loop use
+    :meth:`call`; before the loop exists (start-up) their ops run on the calling thread.
+    """
 
     def __init__(
         self,
@@ -87,16 +98,26 @@ class Writer:
         self._hooks = hooks
         self._metrics = metrics
         self._lock_error_after = lock_error_after
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="writer", daemon=True)
-        self._stopped = threading.Event()
+        self._pending: list[Op] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._scheduled = False
+        self._busy_since: float | None = None
+        self._attempt = 0
+        self._exec_lock = threading.Lock()
+        self._stopped = False
+        conn.execute("PRAGMA busy_timeout=0")
 
     # -- submission -------------------------------------------------------------------------
     def submit(self, kind: str, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
         """Queues an op from the event loop; await the returned future for its result."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._queue.put(Op(kind, fn, args, time.perf_counter(), loop, future))
+        self._pending.append(Op(kind, fn, args, time.perf_counter(), loop, future))
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._flush)
         return future
 
     def submit_threadsafe(
@@ -104,93 +125,132 @@ class Writer:
     ) -> concurrent.futures.Future[Any]:
         """Queues an op from any thread; returns a concurrent future."""
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        self._queue.put(Op(kind, fn, args, time.perf_counter(), None, future))
+        op = Op(kind, fn, args, time.perf_counter(), None, future)
+        loop = self._loop
+        if loop is not None and not loop.is_closed() and not self._stopped:
+            try:
+                loop.call_soon_threadsafe(self._enqueue, op)
+                return future
+            except RuntimeError:  # the loop closed in between
+                pass
+        self._run_now([op])
         return future
 
     def call(self, kind: str, fn: Callable[..., Any], *args: Any, timeout: float = 60.0) -> Any:
-        """Runs an op through the queue and waits for it (for threads other than the loop)."""
+        """Runs an op through the writer and waits for it (for threads other than the loop)."""
         return self.submit_threadsafe(kind, fn, *args).result(timeout)
+
+    def _enqueue(self, op: Op) -> None:
+        self._pending.append(op)
+        if not self._scheduled:
+            self._scheduled = True
+            assert self._loop is not None
+            self._loop.call_soon(self._flush)
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
-        """Starts the writer thread."""
-        self._thread.start()
+        """Nothing to start: batches run on the serving event loop (kept for the interface)."""
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Finishes every op queued so far, then stops the thread."""
-        if self._thread.is_alive():
-            self._queue.put(_STOP)
-            self._thread.join(timeout)
+        """Runs every op still queued (on the calling thread); later ops run synchronously."""
+        self._stopped = True
+        pending, self._pending = self._pending, []
+        if pending:
+            self._run_now(pending, timeout)
 
-    # -- the loop ---------------------------------------------------------------------------
-    def _run(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is _STOP:
+    # -- the loop side ----------------------------------------------------------------------
+    def _flush(self) -> None:
+        self._scheduled = False
+        batch = self._pending
+        if not batch:
+            return
+        self._pending = []
+        for start in range(0, len(batch), MAX_BATCH):
+            chunk = batch[start:start + MAX_BATCH]
+            state = self._attempt_batch(chunk)
+            if state == "busy":
+                # keep the order: the blocked ops go first, then whatever else is queued
+                self._pending = batch[start:] + self._pending
+                delay = min(0.25, 0.002 * 2 ** min(self._attempt, 8)) * random.uniform(0.5, 1.5)
+                self._scheduled = True
+                assert self._loop is not None
+                self._loop.call_later(delay, self._flush)
                 return
-            batch = [first]
-            stop_after = False
-            while len(batch) < MAX_BATCH:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is _STOP:
-                    stop_after = True
-                    break
-                batch.append(item)
+            self._resolve(chunk)
+
+    def _run_now(self, batch: list[Op], timeout: float = 60.0) -> None:
+        """Runs ops on the calling thread, sleeping between lock retries."""
+        for start in range(0, len(batch), MAX_BATCH):
+            chunk = batch[start:start + MAX_BATCH]
+            while self._attempt_batch(chunk) == "busy":
+                time.sleep(min(0.25, 0.002 * 2 ** min(self._attempt, 8)) * random.uniform(0.5, 1.5))
+            self._resolve(chunk)
+
+    def _attempt_batch(self, batch: list[Op]) -> str:
+        """One try at a batch: ``done`` (every op has a result or error) or ``busy``."""
+        with self._exec_lock:
             try:
+                if not self._begin(batch):
+                    return "busy"
                 self._execute(batch)
+            except _Refused:
+                pass
             except BaseException as exc:  # noqa: BLE001 - never leave a caller hanging
                 logger.exception("writer batch failed")
                 for op in batch:
                     if op.error is None and op.result is None:
                         op.error = ApiError(500, f"internal error: {exc}")
-            self._resolve(batch)
-            if stop_after:
-                return
+        return "done"
 
     def _begin(self, batch: list[Op]) -> bool:
-        started = time.monotonic()
-        attempt = 0
-        while True:
-            try:
-                self.conn.execute("BEGIN IMMEDIATE")
-                return True
-            except sqlite3.OperationalError as exc:
-                if not is_lock_error(exc):
-                    raise
-                attempt += 1
-                waited = time.monotonic() - started
-                kinds = sorted({op.kind for op in batch})
-                with self._metrics.lock:
-                    for op in batch:
-                        self._metrics.op(op.kind).busy_retries += 1
-                if waited >= self._lock_error_after:
-                    with self._metrics.lock:
-                        self._metrics.lock_errors += 1
-                    logger.error(
-                        "database is locked",
-                        extra=kv(op=",".join(kinds), ops=len(batch), waited_s=waited),
-                    )
-                    message = (
-                        f"database is locked by another process (waited {waited:.1f} s); "
-                        "retry the request later"
-                    )
-                    for op in batch:
-                        op.error = ApiError(503, message)
-                    return False
-                if logger.isEnabledFor(logging.DEBUG):
-                    logger.debug(
-                        "database is locked, retrying",
-                        extra=kv(op=",".join(kinds), attempt=attempt, waited_ms=waited * 1000),
-                    )
-                time.sleep(min(0.25, 0.002 * 2 ** min(attempt, 8)) * random.uniform(0.5, 1.5))
+        """``BEGIN IMMEDIATE`` once; False if another process holds the lock (retry later).
+
+        After ``lock_error_after`` seconds of failures every op of the batch gets a 503 and
+        True is returned (the batch is done).
+        """
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if not is_lock_error(exc):
+                raise
+        else:
+            self._busy_since = None
+            self._attempt = 0
+            return True
+        now = time.monotonic()
+        if self._busy_since is None:
+            self._busy_since = now
+        self._attempt += 1
+        waited = now - self._busy_since
+        kinds = sorted({op.kind for op in batch})
+        with self._metrics.lock:
+            for op in batch:
+                self._metrics.op(op.kind).busy_retries += 1
+        if waited >= self._lock_error_after:
+            with self._metrics.lock:
+                self._metrics.lock_errors += 1
+            logger.error(
+                "database is locked",
+                extra=kv(op=",".join(kinds), ops=len(batch), waited_s=waited),
+            )
+            message = (
+                f"database is locked by another process (waited {waited:.1f} s); "
+                "retry the request later"
+            )
+            for op in batch:
+                op.error = ApiError(503, message)
+            self._busy_since = None
+            self._attempt = 0
+            raise _Refused
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "database is locked, retrying",
+                extra=kv(op=",".join(kinds), attempt=self._attempt, waited_ms=waited * 1000),
+            )
+        return False
 
     def _execute(self, batch: list[Op]) -> None:
         conn = self.conn
-        if not self._begin(batch):
-            return
         tx_start = time.perf_counter()
         hooks = self._hooks
         metrics = self._metrics
@@ -244,8 +304,12 @@ class Writer:
                 stats.wait_ms.add(wait_ms)
                 stats.hold_ms.add(op_hold)
 
-    @staticmethod
-    def _resolve(batch: list[Op]) -> None:
+    def _resolve(self, batch: list[Op]) -> None:
+        """Hands every op's outcome to its caller (directly when on the op's own loop)."""
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
         by_loop: dict[asyncio.AbstractEventLoop, list[Op]] = {}
         for op in batch:
             if op.loop is None:
@@ -253,6 +317,8 @@ class Writer:
                     op.future.set_exception(op.error)
                 else:
                     op.future.set_result(op.result)
+            elif op.loop is running:
+                _settle(op)
             else:
                 by_loop.setdefault(op.loop, []).append(op)
         for loop, ops in by_loop.items():
@@ -262,14 +328,19 @@ class Writer:
                 pass
 
 
+def _settle(op: Op) -> None:
+    future = op.future
+    if future.done():  # the request was cancelled (client went away)
+        return
+    if op.error is not None:
+        future.set_exception(op.error)
+    else:
+        future.set_result(op.result)
+
+
 def _resolve_on_loop(ops: list[Op]) -> None:
     for op in ops:
-        if op.future.done():
-            continue
-        if op.error is not None:
-            op.future.set_exception(op.error)
-        else:
-            op.future.set_result(op.result)
+        _settle(op)
 
 
 def open_writer(path: Path) -> sqlite3.Connection:
