@@ -23,6 +23,7 @@ from torc_stress.errors import ConfigError
 from torc_stress.logs import configure_logging, kv
 from torc_stress.server.app import Api, build_app, error_response
 from torc_stress.server.metrics import Metrics
+from torc_stress.server.protocol import CoalescingHttpToolsProtocol
 from torc_stress.server.state import ServerState
 from torc_stress.server.store import ReadPool, create_schema, open_writer_connection
 from torc_stress.server.unblocker import UnblockerThread
@@ -169,7 +170,7 @@ def serve(settings: ServerSettings) -> int:
         metrics_thread = threading.Thread(target=dump_loop, name="metrics", daemon=True)
         metrics_thread.start()
 
-    config = uvicorn.Config(app, loop="uvloop", http="httptools", log_config=None,
+    config = uvicorn.Config(app, loop="uvloop", http=CoalescingHttpToolsProtocol, log_config=None,
                             access_log=False, lifespan="off", timeout_keep_alive=30,
                             backlog=1024)
     server = uvicorn.Server(config)
