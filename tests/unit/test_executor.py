@@ -202,6 +202,15 @@ def test_magic_variables_hostvars_and_groups_are_available(tmp_path: Path) -> No
     assert hosts.commands("w2") == ["connect 10.1.1.1:8080 as w2"]
 
 
+def test_hostvars_show_other_hosts_registered_results_of_earlier_tasks(tmp_path: Path) -> None:
+    hosts = FakeHosts(lambda h, c: (0, "8080\n", "") if h == "s1" else ok(h, c))
+    run(tmp_path, [
+        play({"name": "port", "shell": "read-port", "register": "server_port"}, hosts="server"),
+        play({"name": "use", "shell": "connect {{ hostvars['s1'].server_port.stdout }}"},
+             hosts="workers")], hosts)
+    assert hosts.commands("w1") == ["connect 8080"]
+
+
 def test_an_unreachable_host_gives_exit_4_with_the_reason_and_others_continue(
         tmp_path: Path) -> None:
     hosts = FakeHosts(ok, unreachable=("w1",))

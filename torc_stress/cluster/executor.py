@@ -131,9 +131,11 @@ class _Run:
     def run_task(self, play: Play, task: Task, hosts: list[Host]) -> int:
         """Run ``task`` on ``hosts`` in parallel; return how many hosts failed or went away."""
         play_hosts = [h.name for h in hosts]
+        # NOTE: a snapshot, so the hosts of this task see the results of the previous ones only
+        registered = {name: dict(values) for name, values in self.result.registered.items()}
         futures: dict[Future[_Outcome], tuple[Host, float]] = {}
         for host in hosts:
-            variables = self.host_vars(host, play, play_hosts)
+            variables = self.host_vars(host, play, play_hosts, registered)
             future = self.pool.submit(self.run_on_host, task, host, variables)
             futures[future] = (host, time.monotonic())
         errors = 0
@@ -168,18 +170,20 @@ class _Run:
                                     outcome.message, outcome.ignored, seconds))
         return error
 
-    def host_vars(self, host: Host, play: Play, play_hosts: list[str]) -> LazyVars:
+    def host_vars(self, host: Host, play: Play, play_hosts: list[str],
+                  registered: Mapping[str, Mapping[str, Any]]) -> LazyVars:
         """Inventory < magic < play vars < registered < extra vars (Ansible's precedence)."""
-        return LazyVars(host.vars, self.magic(host, play_hosts), play.vars,
-                        dict(self.result.registered.get(host.name, {})), self.extra_vars)
+        return LazyVars(host.vars, self.magic(host, play_hosts, registered), play.vars,
+                        registered.get(host.name, {}), self.extra_vars)
 
-    def magic(self, host: Host, play_hosts: list[str]) -> dict[str, Any]:
+    def magic(self, host: Host, play_hosts: list[str],
+              registered: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
         return {
             "inventory_hostname": host.name,
             "inventory_hostname_short": host.name.split(".")[0],
             "group_names": [g for g in host.groups if g != "ungrouped"],
             "groups": {name: list(hosts) for name, hosts in self.inventory.groups.items()},
-            "hostvars": _HostVars(self),
+            "hostvars": _HostVars(self.inventory, registered, self.extra_vars),
             "playbook_dir": str(self.base_dir),
             "inventory_file": str(self.inventory.path),
             "ansible_play_hosts": list(play_hosts),
@@ -250,19 +254,20 @@ class _Run:
 class _HostVars(Mapping[str, Any]):
     """``hostvars``: every host's inventory vars, registered vars and extra vars."""
 
-    def __init__(self, run: _Run) -> None:
-        self._run = run
+    def __init__(self, inventory: Inventory, registered: Mapping[str, Mapping[str, Any]],
+                 extra_vars: Mapping[str, Any]) -> None:
+        self._inventory, self._registered, self._extra = inventory, registered, extra_vars
 
     def __getitem__(self, name: str) -> Any:
-        host = self._run.inventory.hosts[name]
+        host = self._inventory.hosts[name]
         return LazyVars(host.vars, {"inventory_hostname": name},
-                        self._run.result.registered.get(name, {}), self._run.extra_vars)
+                        self._registered.get(name, {}), self._extra)
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._run.inventory.hosts)
+        return iter(self._inventory.hosts)
 
     def __len__(self) -> int:
-        return len(self._run.inventory.hosts)
+        return len(self._inventory.hosts)
 
 
 def _environment(task: Task, variables: LazyVars) -> dict[str, str] | None:
