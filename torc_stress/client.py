@@ -225,11 +225,11 @@ class TorcClient:
 
     def ping(self) -> dict[str, Any]:
         """Returns the server's ping answer (``{"status": "ok"}``)."""
-        return self.request("GET", "/ping", op="ping")  # type: ignore[no-any-return]
+        return self.request("GET", "/ping", op="ping")
 
     def metrics(self) -> dict[str, Any]:
         """Returns the server's metrics document (our extension ``GET /metrics``)."""
-        return self.request("GET", "/metrics", op="metrics")  # type: ignore[no-any-return]
+        return self.request("GET", "/metrics", op="metrics")
 
     # ------------------------------------------------------------------ workflows
 
@@ -239,11 +239,11 @@ class TorcClient:
         body = {"name": name, "user": user, **fields}
         if description is not None:
             body["description"] = description
-        return self.request("POST", "/workflows", body=body, op="create_workflow")  # type: ignore[no-any-return]
+        return self.request("POST", "/workflows", body=body, op="create_workflow")
 
     def get_workflow(self, workflow_id: int) -> dict[str, Any]:
         """Returns one workflow."""
-        return self.request("GET", f"/workflows/{workflow_id}", op="get_workflow")  # type: ignore[no-any-return]
+        return self.request("GET", f"/workflows/{workflow_id}", op="get_workflow")
 
     def list_workflows(self, **filters: Any) -> list[dict[str, Any]]:
         """Returns every workflow (all pages), optionally filtered (``name``, ``user``...)."""
@@ -260,7 +260,7 @@ class TorcClient:
 
     def get_workflow_status(self, workflow_id: int) -> dict[str, Any]:
         """Returns ``GET /workflows/{id}/status``."""
-        return self.request("GET", f"/workflows/{workflow_id}/status",  # type: ignore[no-any-return]
+        return self.request("GET", f"/workflows/{workflow_id}/status",
                             op="get_workflow_status")
 
     def initialize_jobs(self, workflow_id: int, *, only_uninitialized: bool = False) -> Any:
@@ -277,12 +277,12 @@ class TorcClient:
 
     def is_complete(self, workflow_id: int) -> dict[str, Any]:
         """Returns ``{"is_complete": bool, "is_canceled": bool, ...}``."""
-        return self.request("GET", f"/workflows/{workflow_id}/is_complete",  # type: ignore[no-any-return]
+        return self.request("GET", f"/workflows/{workflow_id}/is_complete",
                             op="is_complete")
 
     def progress(self, workflow_id: int) -> dict[str, Any]:
         """Returns our extension ``GET /workflows/{id}/progress``."""
-        return self.request("GET", f"/workflows/{workflow_id}/progress",  # type: ignore[no-any-return]
+        return self.request("GET", f"/workflows/{workflow_id}/progress",
                             op="progress")
 
     # ------------------------------------------------------------------ creation
@@ -291,7 +291,7 @@ class TorcClient:
                                      **fields: Any) -> dict[str, Any]:
         """Creates named resource requirements (``num_cpus``, ``memory``, ``runtime``...)."""
         body = {"workflow_id": workflow_id, "name": name, **fields}
-        return self.request("POST", "/resource_requirements", body=body,  # type: ignore[no-any-return]
+        return self.request("POST", "/resource_requirements", body=body,
                             op="create_resource_requirements")
 
     def create_jobs(self, jobs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -314,12 +314,12 @@ class TorcClient:
             "num_gpus": 0, "num_nodes": 1, "compute_node_type": "local", "is_active": True,
             **fields,
         }
-        return self.request("POST", "/compute_nodes", body=body,  # type: ignore[no-any-return]
+        return self.request("POST", "/compute_nodes", body=body,
                             op="create_compute_node")
 
     def update_compute_node(self, node: Mapping[str, Any]) -> dict[str, Any]:
         """Replaces a compute node (``PUT``, full model with ``id``)."""
-        return self.request("PUT", f"/compute_nodes/{node['id']}", body=dict(node),  # type: ignore[no-any-return]
+        return self.request("PUT", f"/compute_nodes/{node['id']}", body=dict(node),
                             op="update_compute_node")
 
     def claim_next_jobs(self, workflow_id: int, limit: int) -> list[dict[str, Any]]:
@@ -331,19 +331,19 @@ class TorcClient:
     def claim_jobs_based_on_resources(self, workflow_id: int, limit: int,
                                       resources: Mapping[str, Any]) -> list[dict[str, Any]]:
         """Claims ready jobs that fit ``resources`` (``num_cpus``, ``memory_gb``...)."""
-        doc = self.request("POST", f"/workflows/{workflow_id}/claim_jobs_based_on_resources/{limit}",
-                           body=dict(resources), op="claim")
+        path = f"/workflows/{workflow_id}/claim_jobs_based_on_resources/{limit}"
+        doc = self.request("POST", path, body=dict(resources), op="claim")
         return list(doc.get("jobs") or [])
 
     def start_job(self, job_id: int, run_id: int, compute_node_id: int) -> dict[str, Any]:
         """Marks a claimed job running on a compute node."""
-        return self.request("PUT", f"/jobs/{job_id}/start_job/{run_id}/{compute_node_id}",  # type: ignore[no-any-return]
+        return self.request("PUT", f"/jobs/{job_id}/start_job/{run_id}/{compute_node_id}",
                             body={}, op="start_job")
 
     def complete_job(self, job_id: int, status: str, run_id: int,
                      result: Mapping[str, Any]) -> dict[str, Any]:
         """Reports one job's result (``status`` is a wire name such as ``completed``)."""
-        return self.request("POST", f"/jobs/{job_id}/complete_job/{status}/{run_id}",  # type: ignore[no-any-return]
+        return self.request("POST", f"/jobs/{job_id}/complete_job/{status}/{run_id}",
                             body=dict(result), op="complete_job")
 
     def batch_complete_jobs(self, workflow_id: int,
@@ -354,14 +354,14 @@ class TorcClient:
             workflow_id: the workflow.
             completions: entries ``{"job_id", "run_id", "status", "result"}``.
         """
-        return self.request("POST", f"/workflows/{workflow_id}/batch_complete_jobs",  # type: ignore[no-any-return]
+        return self.request("POST", f"/workflows/{workflow_id}/batch_complete_jobs",
                             body={"completions": list(completions)}, op="batch_complete_jobs")
 
     # ------------------------------------------------------------------ jobs
 
     def get_job(self, job_id: int) -> dict[str, Any]:
         """Returns one job."""
-        return self.request("GET", f"/jobs/{job_id}", op="get_job")  # type: ignore[no-any-return]
+        return self.request("GET", f"/jobs/{job_id}", op="get_job")
 
     def list_jobs(self, workflow_id: int, *, status: str | None = None,
                   **filters: Any) -> list[dict[str, Any]]:

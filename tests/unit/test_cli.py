@@ -9,7 +9,8 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.unit.test_client import Stub, stub  # noqa: F401  (fixture)
+from tests.unit.test_client import Stub
+from tests.unit.test_client import stub as http_stub  # noqa: F401  (the `stub` fixture)
 from torc_stress.cli import main, status_counts
 
 SEED = Path("/work/shared/seed/workflow.yaml")
