@@ -27,8 +27,8 @@ class Stub:
         self.connections = 0
 
 
-@pytest.fixture
-def stub() -> Iterator[tuple[Stub, str]]:
+@pytest.fixture(name="stub")
+def stub_fixture() -> Iterator[tuple[Stub, str]]:
     state = Stub(lambda method, path, query, body: (200, {}))
 
     class Handler(BaseHTTPRequestHandler):
