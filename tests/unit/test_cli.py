@@ -9,8 +9,10 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.unit.test_client import Stub
-from tests.unit.test_client import stub_fixture  # noqa: F401  (the `stub` fixture)
+from tests.unit.test_client import (
+    Stub,
+    stub_fixture,  # noqa: F401  (the `stub` fixture)
+)
 from torc_stress.cli import main, status_counts
 
 SEED = Path("/work/shared/seed/workflow.yaml")
