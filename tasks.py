@@ -55,7 +55,7 @@ def _print_event(event: Any) -> None:
 def _print_recap(name: str, result: Any) -> None:
     from torc_stress.report.recap import format_recap
 
-    print(f"\n{name}.yml", flush=True)
+    print(f"\n{name}", flush=True)
     print(format_recap(result), flush=True)
 
 

@@ -29,7 +29,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -288,17 +288,25 @@ class Harness:
         self.extra_vars["wheelhouse_tarball"] = str(wheelhouse.tarball)
         self.extra_vars["wheelhouse_digest"] = wheelhouse.digest
 
-    def play(self, name: str, connections: ConnectionCache, **extra: Any) -> PlaybookResult:
-        """Runs one harness playbook on the hosts still in the run."""
+    def play(self, name: str, connections: ConnectionCache, *, playbook: Playbook | None = None,
+             label: str | None = None, **extra: Any) -> PlaybookResult:
+        """Runs one harness playbook (or ``playbook``) on the hosts still in the run."""
         hosts = [h for h in self.inventory.hosts if h not in self.excluded]
         result = run_playbook(
-            self.playbooks[name], self.inventory, extra_vars={**self.extra_vars, **extra},
-            connections=connections, on_event=self.on_event, forks=self.settings.forks,
+            playbook or self.playbooks[name], self.inventory,
+            extra_vars={**self.extra_vars, **extra}, connections=connections,
+            on_event=self.on_event, forks=self.settings.forks,
             limit=hosts if self.excluded else None)
-        self.results[name] = result
+        self.results[label or name] = result
         if self.on_playbook is not None:
-            self.on_playbook(name, result)
+            self.on_playbook(label or f"{name}.yml", result)
         return result
+
+    def host_check(self, connections: ConnectionCache) -> PlaybookResult:
+        """Runs only the first play of deploy.yml: does every host answer?"""
+        deploy = self.playbooks["deploy"]
+        return self.play("deploy", connections, playbook=replace(deploy, plays=deploy.plays[:1]),
+                         label="deploy.yml (host check)")
 
 
 def run_step(settings: RunSettings, name: str, *, run_id: str,
@@ -387,9 +395,15 @@ class _ClusterRun(Harness):
     # ---------------------------------------------------------------- phases
 
     def deploy(self, connections: ConnectionCache) -> None:
-        self.clock.begin("wheelhouse")
-        self.build_wheelhouse()
-        self.clock.end("wheelhouse")
+        if self.deploy_hosts:
+            # NOTE: check reachability first: a cold wheelhouse build takes minutes.
+            self.clock.begin("host_check")
+            result = self.host_check(connections)
+            self.clock.end("host_check")
+            self.check("deploy", result)
+            self.clock.begin("wheelhouse")
+            self.build_wheelhouse()
+            self.clock.end("wheelhouse")
         self.timed("deploy", "deploy", connections)
 
     def start_server(self, connections: ConnectionCache) -> TorcClient:
