@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import resource
 import selectors
 import signal
 import sqlite3
@@ -108,6 +109,12 @@ def cpu_seconds(pid: int) -> float:
     fields = stat[stat.rindex(")") + 2:].split()
     # NOTE: after the ")" the fields start at "state" (field 3); utime and stime are 14 and 15.
     return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+def children_cpu_seconds() -> float:
+    """Returns user + system CPU of every child this process has reaped, and their children."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def peak_rss_bytes(pid: int) -> int:

@@ -22,6 +22,7 @@ from benchmarks import stats
 from benchmarks.common import (
     Deadline,
     ServerProcess,
+    children_cpu_seconds,
     count_lines,
     cpu_seconds,
     peak_rss_bytes,
@@ -48,6 +49,7 @@ class ContentionRun:
         server_cpu_s: server CPU while the workers ran.
         server_cpu_total_s: server CPU from start-up to the end of the run (includes submit).
         server_peak_rss: server peak RSS, bytes (VmHWM).
+        workers_cpu_s: CPU of the worker processes and the shells they ran.
         hops: per-job hop latencies.
         stages: stage spans.
         server_latency_ms: server-side request latency summaries by endpoint.
@@ -69,6 +71,7 @@ class ContentionRun:
     server_cpu_s: float
     server_cpu_total_s: float
     server_peak_rss: int
+    workers_cpu_s: float = 0.0
     hops: list[stats.Hop] = field(default_factory=list)
     stages: list[stats.StageSpan] = field(default_factory=list)
     server_latency_ms: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -123,16 +126,17 @@ def _drive(server: ServerProcess, plan: Any, workdir: Path, *, workers: int, slo
     out_dir.mkdir()
     commands = [worker_command(server.url, workflow_id, slots=slots, output_dir=out_dir,
                                node=f"w{i + 1}", batch=batch) for i in range(workers)]
-    cpu0 = cpu_seconds(server.pid)
+    cpu0, children0 = cpu_seconds(server.pid), children_cpu_seconds()
     t0 = time.perf_counter()
     with started(commands, workdir) as procs:
         wait_all(procs, deadline, workdir)
     wall = time.perf_counter() - t0
+    workers_cpu = children_cpu_seconds() - children0
     cpu1, rss = cpu_seconds(server.pid), peak_rss_bytes(server.pid)
     metrics = client.metrics()
     client.close()
     run = ContentionRun("batched" if batch else "per-job", len(plan.jobs), 0.0, wall,
-                        cpu1 - cpu0, cpu1, rss)
+                        cpu1 - cpu0, cpu1, rss, workers_cpu)
     _add_metrics(run, metrics)
     return run, workflow_id
 

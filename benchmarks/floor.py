@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import BenchmarkError, Deadline, scratch_dir
+from benchmarks.common import BenchmarkError, Deadline, children_cpu_seconds, scratch_dir
 
 
 @dataclass(frozen=True)
@@ -92,9 +92,17 @@ class _DagRun:
             self.pool.submit(self._run_one, dependent)
 
 
+@dataclass(frozen=True)
+class FloorResult:
+    """One floor run: its makespan and the CPU it took (this process plus the shells)."""
+
+    seconds: float
+    cpu_s: float
+
+
 def run_floor(jobs: Sequence[FloorJob], slots: int, *, timeout: float = 600.0,
-              keep: bool = False) -> float:
-    """Runs the DAG's commands in-process on ``slots`` threads; returns the makespan in s.
+              keep: bool = False) -> FloorResult:
+    """Runs the DAG's commands in-process on ``slots`` threads; returns makespan and CPU.
 
     Args:
         jobs: the DAG (from :func:`floor_jobs`).
@@ -106,7 +114,9 @@ def run_floor(jobs: Sequence[FloorJob], slots: int, *, timeout: float = 600.0,
         BenchmarkError: a command could not be spawned, or the timeout passed.
     """
     with scratch_dir("floor", keep) as out_dir:
-        return _DagRun(jobs, slots, out_dir).run(Deadline(timeout, "the floor run"))
+        cpu0 = time.process_time() + children_cpu_seconds()
+        seconds = _DagRun(jobs, slots, out_dir).run(Deadline(timeout, "the floor run"))
+        return FloorResult(seconds, time.process_time() + children_cpu_seconds() - cpu0)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -119,9 +129,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--slots", type=int, default=8)
     args = parser.parse_args(argv)
     jobs = floor_jobs(contention_plan(args.stages, args.jobs_per_stage))
-    seconds = run_floor(jobs, args.slots)
-    print(f"floor: {len(jobs)} jobs on {args.slots} slots in {seconds:.3f} s "
-          f"({len(jobs) / seconds:.0f} jobs/s)")
+    result = run_floor(jobs, args.slots)
+    print(f"floor: {len(jobs)} jobs on {args.slots} slots in {result.seconds:.3f} s "
+          f"({len(jobs) / result.seconds:.0f} jobs/s), CPU {result.cpu_s:.2f} s")
 
 
 if __name__ == "__main__":

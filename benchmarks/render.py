@@ -15,6 +15,7 @@ from benchmarks.suite import (
     checks,
     hop_levels,
     median_run,
+    paired_cpu_ratios,
     paired_ratios,
     stage_seconds,
 )
@@ -46,7 +47,8 @@ def figures_table(results: SuiteResults) -> str:
     """The side-by-side figures of floor and server runs (medians, with every value)."""
     jobs = results.jobs
     rows = [["floor: in-process thread pool, no server",
-             _num(stats.median(results.floor_s)), "1.000", "", "", "", "", "",
+             _num(stats.median(results.floor_s)), "1.000", "", "1.000", "",
+             _num(stats.median(c / jobs * 1000 for c in results.floor_cpu_s)), "", "", "",
              _values(results.floor_s)]]
     for mode, runs in results.runs.items():
         ratios = paired_ratios(runs, results.floor_s)
@@ -56,7 +58,9 @@ def figures_table(results: SuiteResults) -> str:
             _num(stats.median(r.makespan_s for r in runs)),
             _num(stats.median(ratios)),
             _num(stats.median(r.wall_s for r in runs)),
+            _num(stats.median(paired_cpu_ratios(runs, results.floor_cpu_s))),
             _num(stats.median(r.cpu_per_1000_jobs for r in runs)),
+            _num(stats.median(r.workers_cpu_s / jobs * 1000 for r in runs)),
             _num(max(r.server_peak_rss for r in runs) / 2**20, 0),
             _num(stats.percentile(hops, 50), 1),
             _num(max(hops, default=math.nan), 1),
@@ -66,8 +70,12 @@ def figures_table(results: SuiteResults) -> str:
             f"({results.settings.workers} workers x {results.settings.max_parallel_jobs}), "
             f"median of {results.settings.repeat}\n" + tabulate(
                 rows, disable_numparse=True, headers=[
-                "run", "makespan s", "x floor", "wall s", "server CPU s/1000 jobs",
-                "peak RSS MiB", "hop p50 ms", "hop max ms", "makespans s"]))
+                    "run", "makespan s", "x floor", "wall s", "CPU x floor", "server CPU s/1000 jobs",
+                    "client CPU s/1000 jobs", "peak RSS MiB", "hop p50 ms", "hop max ms",
+                    "makespans s"])
+            + "\nclient CPU = the floor's own process and shells, or the workers and their shells;"
+            "\nCPU x floor = (server + client CPU) / floor CPU, paired per repeat (less sensitive"
+            "\nto other tenants than wall time; on 2 busy cores it is what the makespan tends to)")
 
 
 def hops_table(results: SuiteResults) -> str:
@@ -134,7 +142,8 @@ def server_table(results: SuiteResults) -> str:
             str(unblock.get("passes", "n/a")),
             _num((unblock.get("duration_ms") or {}).get("max"), 2),
             *(_num(((run.write_path.get(op) or {}).get("wait_ms") or {}).get("p99"), 2)
-              for op in ("claim", "start_job", "complete_job")),
+              for op in ("claim", "start_job",
+                         "complete_job" if mode == "per-job" else "batch_complete_jobs")),
             str(sum(int(v.get("busy_retries", 0)) for v in run.write_path.values())),
         ])
     return ("server internals (median run, from its metrics document)\n" + tabulate(

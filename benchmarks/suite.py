@@ -65,6 +65,7 @@ class SuiteResults:
     load_before: tuple[float, float, float] = (0.0, 0.0, 0.0)
     load_after: tuple[float, float, float] = (0.0, 0.0, 0.0)
     floor_s: list[float] = field(default_factory=list)
+    floor_cpu_s: list[float] = field(default_factory=list)
     runs: dict[str, list[ContentionRun]] = field(default_factory=dict)
     capacity: dict[str, list[CapacityResult]] = field(default_factory=dict)
 
@@ -81,8 +82,9 @@ def run_suite(settings: Settings) -> SuiteResults:
     modes = [False, True] if settings.batched else [False]
     for index in range(settings.repeat):
         log.info("repeat %d/%d: floor", index + 1, settings.repeat)
-        results.floor_s.append(run_floor(floor_jobs(plan), settings.slots,
-                                         timeout=timeout, keep=settings.keep))
+        floor = run_floor(floor_jobs(plan), settings.slots, timeout=timeout, keep=settings.keep)
+        results.floor_s.append(floor.seconds)
+        results.floor_cpu_s.append(floor.cpu_s)
         for batch in modes:
             log.info("repeat %d/%d: %s completions", index + 1, settings.repeat,
                      "batched" if batch else "per-job")
@@ -117,6 +119,12 @@ def median_run(runs: list[ContentionRun]) -> ContentionRun | None:
 def paired_ratios(runs: list[ContentionRun], floor_s: list[float]) -> list[float]:
     """Returns makespan / floor for each repeat (the floor measured just before the run)."""
     return [stats.ratio(run.makespan_s, floor) for run, floor in zip(runs, floor_s, strict=False)]
+
+
+def paired_cpu_ratios(runs: list[ContentionRun], floor_cpu_s: list[float]) -> list[float]:
+    """Returns (server + workers + shells CPU) / floor CPU for each repeat."""
+    return [stats.ratio(run.server_cpu_s + run.workers_cpu_s, floor)
+            for run, floor in zip(runs, floor_cpu_s, strict=False)]
 
 
 def hop_levels(runs: list[ContentionRun]) -> list[stats.HopLevel]:
@@ -185,6 +193,7 @@ def to_json(results: SuiteResults) -> dict[str, Any]:
     def run_doc(run: ContentionRun) -> dict[str, Any]:
         doc = {k: v for k, v in asdict(run).items() if k not in ("hops", "stages")}
         doc["cpu_per_1000_jobs"] = run.cpu_per_1000_jobs
+        doc["workers_cpu_per_1000_jobs"] = run.workers_cpu_s / run.jobs * 1000
         doc["stage_seconds"] = [s.seconds for s in run.stages]
         doc["hop_ready_ms"] = stats.summarize(all_hops_ms([run]))
         doc["hop_claim_ms"] = stats.summarize(all_hops_ms([run], "claim_s"))
@@ -195,6 +204,7 @@ def to_json(results: SuiteResults) -> dict[str, Any]:
         "settings": asdict(results.settings),
         "jobs": results.jobs,
         "floor_s": results.floor_s,
+        "floor_cpu_s": results.floor_cpu_s,
         "runs": {mode: [run_doc(r) for r in runs] for mode, runs in results.runs.items()},
         "hop_levels": {mode: [asdict(level) for level in hop_levels(runs)]
                        for mode, runs in results.runs.items()},
