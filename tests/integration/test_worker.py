@@ -14,6 +14,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from tests.conftest import ServerProcess
 from torc_stress.client import TorcClient
 
 pytestmark = pytest.mark.integration
@@ -115,8 +116,8 @@ def assert_all_completed(url: str, workflow_id: int, out: Path, expected: int) -
     assert len([n for n in stdio if n.endswith(".e")]) == expected
 
 
-def test_four_workers_run_the_seed_to_completion(own_server: OwnServer, tmp_path: Path) -> None:
-    url, log_path = own_server.url, own_server.log
+def test_four_workers_run_the_seed_to_completion(server: ServerProcess, tmp_path: Path) -> None:
+    url, log_path = server.url, server.log_path
     workflow_id = create(url, SEED)
     out = tmp_path / "out"
     started = time.monotonic()
