@@ -70,9 +70,9 @@ def figures_table(results: SuiteResults) -> str:
             f"({results.settings.workers} workers x {results.settings.max_parallel_jobs}), "
             f"median of {results.settings.repeat}\n" + tabulate(
                 rows, disable_numparse=True, headers=[
-                    "run", "makespan s", "x floor", "wall s", "CPU x floor", "server CPU s/1000 jobs",
-                    "client CPU s/1000 jobs", "peak RSS MiB", "hop p50 ms", "hop max ms",
-                    "makespans s"])
+                    "run", "makespan s", "x floor", "wall s", "CPU x floor",
+                    "server CPU s/1000 jobs", "client CPU s/1000 jobs", "peak RSS MiB",
+                    "hop p50 ms", "hop max ms", "makespans s"])
             + "\nclient CPU = the floor's own process and shells, or the workers and their shells;"
             "\nCPU x floor = (server + client CPU) / floor CPU, paired per repeat (less sensitive"
             "\nto other tenants than wall time; on 2 busy cores it is what the makespan tends to)")
