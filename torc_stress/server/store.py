@@ -221,23 +221,32 @@ JOB_COLUMNS = (
 
 
 def job_row_to_model(row: Any, *, include_script: bool = True) -> dict[str, Any]:
-    """Turns a ``job`` row (selected with :data:`JOB_COLUMNS`) into a torc ``job_model``."""
+    """Turns a ``job`` row (selected with :data:`JOB_COLUMNS`) into a torc ``job_model``.
+
+    Null columns are left out, as on the wire.
+    """
     model = {
         "id": row[0],
         "workflow_id": row[1],
         "name": row[2],
         "command": row[3],
-        "status": JobStatus(row[4]).wire,
-        "resource_requirements_id": row[5],
+        "status": _WIRE[row[4]],
         "cancel_on_blocking_job_failure": bool(row[7]),
         "supports_termination": bool(row[8]),
-        "scheduler_id": row[9],
-        "failure_handler_id": row[10],
         "attempt_id": row[11],
     }
+    if row[5] is not None:
+        model["resource_requirements_id"] = row[5]
+    if row[9] is not None:
+        model["scheduler_id"] = row[9]
+    if row[10] is not None:
+        model["failure_handler_id"] = row[10]
     if include_script and row[6] is not None:
         model["invocation_script"] = row[6]
     return model
+
+
+_WIRE = {int(s): s.wire for s in JobStatus}
 
 
 WORKFLOW_COLUMNS = (
