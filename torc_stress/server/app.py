@@ -740,6 +740,11 @@ class HotRoutes:
         if limit < 0 or limit > MAX_LIMIT:
             raise ApiError(400, f"limit must be between 0 and {MAX_LIMIT}")
         api = self.api
+        wf = api.state.workflows.get(wid)
+        if wf is not None and not wf.ready:
+            # nothing ready: answer without a transaction (the writer runs on this loop, so
+            # the in-memory ready queue is the committed truth between batches)
+            return {"jobs": []}
         return await api.writer.submit("claim", ops.claim_next_jobs, api.state, wid, limit)
 
     async def _is_complete(self, parts: list[str], scope: Any, receive: Any) -> Any:

@@ -66,9 +66,16 @@ def _workflow_model(conn: sqlite3.Connection, workflow_id: int) -> dict[str, Any
     return workflow_row_to_model(row)
 
 
-def _job_model(conn: sqlite3.Connection, job_id: int, **extra: Any) -> dict[str, Any]:
-    row = conn.execute(f"SELECT {JOB_COLUMNS} FROM job WHERE id = ?", (job_id,)).fetchone()
-    model = job_row_to_model(row)
+def _job_model(conn: sqlite3.Connection, st: ServerState, job_id: int, **extra: Any
+               ) -> dict[str, Any]:
+    """The job's model: from the row cached at its claim (current status), else a SELECT."""
+    jm = st.jobs[job_id]
+    if jm.row is not None:
+        model = job_row_to_model(jm.row)
+        model["status"] = JobStatus(jm.status).wire
+    else:
+        row = conn.execute(f"SELECT {JOB_COLUMNS} FROM job WHERE id = ?", (job_id,)).fetchone()
+        model = job_row_to_model(row)
     model.update(extra)
     return model
 
@@ -390,6 +397,9 @@ def _mark_claimed(conn: sqlite3.Connection, st: ServerState, ids: list[int]) -> 
     conn.executemany("UPDATE job SET status = 3, claim_time = ? WHERE id = ?", [(now, j) for j in ids])
     rows = conn.execute(f"SELECT {JOB_COLUMNS} FROM job WHERE id IN ({','.join('?' * len(ids))}) "
                         "ORDER BY id", ids).fetchall()
+    jobs = st.jobs
+    for row in rows:
+        jobs[row[0]].row = tuple(row)
     return [job_row_to_model(r, include_script=False) for r in rows]
 
 
@@ -497,7 +507,7 @@ def start_job(conn: sqlite3.Connection, st: ServerState, job_id: int, run_id: in
     if run_id != wf.run_id:
         raise ConflictError(422, f"run_id {run_id} does not match workflow {wf.id}'s run_id {wf.run_id}")
     if jm.status == 4 and jm.node_id == node_id:
-        return _job_model(conn, job_id, compute_node_id=node_id)
+        return _job_model(conn, st, job_id, compute_node_id=node_id)
     if jm.status != 3:
         raise ConflictError(422, f"job {job_id} is {JobStatus(jm.status).wire}, not pending; "
                                  "only a claimed job can start")
@@ -507,7 +517,7 @@ def start_job(conn: sqlite3.Connection, st: ServerState, job_id: int, run_id: in
                  (node_id, job_id))
     st._set_status(job_id, jm, 4)
     jm.node_id = node_id
-    return _job_model(conn, job_id, compute_node_id=node_id, start_time=utc_timestamp(now))
+    return _job_model(conn, st, job_id, compute_node_id=node_id, start_time=utc_timestamp(now))
 
 
 _RESULT_FIELDS = ("job_id", "workflow_id", "run_id", "compute_node_id", "return_code",
@@ -570,7 +580,9 @@ def complete_job(conn: sqlite3.Connection, st: ServerState, job_id: int, status:
                  run_id: int, result: dict[str, Any]) -> dict[str, Any]:
     """POST /jobs/{id}/complete_job/{status}/{run_id}: stores the result; 422 if already done."""
     _complete_one(conn, st, job_id, status, run_id, result)
-    return _job_model(conn, job_id)
+    model = _job_model(conn, st, job_id)
+    st.jobs[job_id].row = None
+    return model
 
 
 def batch_complete_jobs(conn: sqlite3.Connection, st: ServerState, workflow_id: int,

@@ -42,7 +42,8 @@ def utc_timestamp(now: float | None = None) -> str:
 class JobMem:
     """What the writer remembers about one job."""
 
-    __slots__ = ("workflow_id", "status", "depth", "cancel_flag", "rr_id", "node_id", "failed")
+    __slots__ = ("workflow_id", "status", "depth", "cancel_flag", "rr_id", "node_id", "failed",
+                 "row")
 
     def __init__(self, workflow_id: int, status: int, depth: int, cancel_flag: bool,
                  rr_id: int | None) -> None:
@@ -53,6 +54,8 @@ class JobMem:
         self.rr_id = rr_id
         self.node_id: int | None = None
         self.failed = False
+        #: the job's row as selected at its last claim (builds start/complete replies)
+        self.row: tuple[Any, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -320,8 +323,14 @@ class ServerState:
                 stats.count += 1
                 stats.wait_ms.add(0.0)
                 stats.hold_ms.add(duration_ms)
+        # a line per pass that changed something (a stage became ready); one per plain
+        # completion would be a log line per job
+        debug = logger.isEnabledFor(logging.DEBUG)
         for wid, (completed, ready, canceled) in per_wf.items():
-            logger.info(
+            if not (ready or canceled or self.unblock_delay > 0 or debug):
+                continue
+            logger.log(
+                logging.INFO if ready or canceled or self.unblock_delay > 0 else logging.DEBUG,
                 "unblock pass",
                 extra=kv(workflow_id=wid, completed=completed, ready=ready, canceled=canceled,
                          duration_ms=duration_ms),
