@@ -249,3 +249,30 @@ def test_sigterm_flushes_and_writes_the_final_metrics_file(server) -> None:
 
     document = json.loads(server.metrics_path.read_text())
     assert document["write_path"]["create_jobs"]["count"] == 1
+
+
+def test_the_final_metrics_file_counts_every_completion_up_to_the_stop(server) -> None:
+    # completions keep arriving across a periodic dump (every 2 s) and right up to SIGTERM
+    http = Http(server.url)
+    wid, ids = _flat_workflow(http, 600)
+    node = http.ok("POST", "/compute_nodes", compute_node(wid))["id"]
+    done = 0
+    deadline = time.monotonic() + 2.5
+    while time.monotonic() < deadline or done == 0:
+        jobs = http.ok("POST", f"/workflows/{wid}/claim_next_jobs?limit=10")["jobs"]
+        if not jobs:
+            break
+        for job in jobs:
+            http.ok("PUT", f"/jobs/{job['id']}/start_job/0/{node}")
+            http.ok("POST", f"/jobs/{job['id']}/complete_job/completed/0",
+                    result_body(job["id"], wid, node))
+            done += 1
+    http.close()
+    assert server.stop() == 0
+    import json
+
+    document = json.loads(server.metrics_path.read_text())
+    assert document["write_path"]["complete_job"]["count"] == done
+    assert document["unblock"]["completions"] == done
+    assert document["requests"]["POST /jobs/{id}/complete_job/{status}/{run_id}"]["count"] == done
+    assert not list(server.metrics_path.parent.glob("metrics.json*.tmp"))

@@ -55,8 +55,12 @@ def unblock_op(conn: sqlite3.Connection, state: ServerState) -> dict[str, Any]:
 
 
 def write_metrics_file(metrics: Metrics, path: Path) -> None:
-    """Writes the metrics document atomically (temp file + rename)."""
-    tmp = path.with_name(path.name + ".tmp")
+    """Writes the metrics document atomically (temp file + rename).
+
+    The temp name is unique per thread, so a periodic dump and the final write can never
+    swap each other's documents.
+    """
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.write_bytes(orjson.dumps(metrics.document(), option=orjson.OPT_INDENT_2))
     os.replace(tmp, path)
 
@@ -186,6 +190,8 @@ def serve(settings: ServerSettings) -> int:
             unblocker.stop()
         writer.stop()
         stop_metrics.set()
+        if metrics_thread is not None:
+            metrics_thread.join(10)  # a periodic dump in progress must not land after ours
         if settings.metrics_file is not None:
             write_metrics_file(metrics, Path(settings.metrics_file))
         reads.close()
