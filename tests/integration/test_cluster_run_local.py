@@ -63,8 +63,8 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def test_an_unreachable_worker_host_aborts_with_exit_4_within_the_timeouts(
-        tmp_path: Path) -> None:
+def ghost_inventory(tmp_path: Path) -> Path:
+    """Every role on this machine, plus a worker host nobody answers for."""
     inventory = {"all": {"children": {
         "server": {"hosts": {"localhost": None}},
         "workers": {"hosts": {"localhost": None, "ghost": {
@@ -74,6 +74,12 @@ def test_an_unreachable_worker_host_aborts_with_exit_4_within_the_timeouts(
                                "torc_deploy": False, "torc_workers": 1}}}}
     path = tmp_path / "inventory.yml"
     path.write_text(yaml.safe_dump(inventory))
+    return path
+
+
+def test_an_unreachable_worker_host_aborts_with_exit_4_within_the_timeouts(
+        tmp_path: Path) -> None:
+    path = ghost_inventory(tmp_path)
     started = time.monotonic()
     proc = invoke("cluster-run", "--inventory", str(path), "--stages", "1",
                   "--jobs-per-stage", "2", "--runs-root", str(tmp_path / "runs"), timeout=120)
@@ -83,3 +89,15 @@ def test_an_unreachable_worker_host_aborts_with_exit_4_within_the_timeouts(
     assert "Traceback" not in proc.stderr
     record = json.loads((only_run_dir(tmp_path / "runs") / "run.json").read_text())
     assert "ghost" in record["unreachable"]
+
+
+def test_with_the_continue_policy_the_run_goes_on_without_the_unreachable_host(
+        tmp_path: Path) -> None:
+    proc = invoke("cluster-run", "--inventory", str(ghost_inventory(tmp_path)), "--stages", "1",
+                  "--jobs-per-stage", "10", "--runs-root", str(tmp_path / "runs"),
+                  "--on-unreachable", "continue", "--no-report", timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    record = json.loads((only_run_dir(tmp_path / "runs") / "run.json").read_text())
+    assert record["outcome"] == "completed"
+    assert list(record["unreachable"]) == ["ghost"]
+    assert record["completed_per_host"] == {"localhost": 11}

@@ -280,7 +280,7 @@ class Harness:
 
     def build_wheelhouse(self) -> None:
         """Builds (or reuses) the wheelhouse when a host needs it; sets the deploy vars."""
-        if not self.deploy_hosts:
+        if not [h for h in self.deploy_hosts if h not in self.excluded]:
             return
         from torc_stress.cluster.wheelhouse import build_wheelhouse
 
@@ -377,8 +377,10 @@ class _ClusterRun(Harness):
         workers_left = [w.name for w in self.inventory.workers
                         if w.name not in unreachable and w.name not in self.excluded]
         if self.settings.on_unreachable == "abort" or server in unreachable or not workers_left:
-            raise RunAborted(f"{name}.yml: unreachable: {hosts} (policy: "
-                             f"{self.settings.on_unreachable})", EXIT_UNREACHABLE)
+            raise RunAborted(
+                f"{name}.yml: unreachable: {hosts} (policy: {self.settings.on_unreachable}); "
+                "fix the host or its inventory entry, or pass --on-unreachable continue to "
+                "run without unreachable worker hosts", EXIT_UNREACHABLE)
         log.warning("continuing without unreachable hosts %s", hosts)
         self.excluded.update(unreachable)
 
