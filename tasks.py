@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from invoke import Collection, Context, Exit, task
+from invoke import Collection, Context, Exit, Task, task
 from tabulate import tabulate
 
 from torc_stress.cluster.settings import CONFIG_KEY, DEFAULTS, RunSettings, settings_from_config
@@ -255,7 +255,7 @@ def testbed_down(c: Context, hosts: int | None = None, subnet: str | None = None
 # ---------------------------------------------------------------------------------- namespace
 
 
-def _namespace(*tasks: Callable[..., Any]) -> Collection:
+def _namespace(*tasks: Task) -> Collection:
     ns = Collection()
     for t in tasks:
         ns.add_task(t)

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from torc_stress.errors import RunDirError
 from torc_stress.statuses import JobStatus
@@ -142,7 +143,7 @@ def _status_name(status: int) -> str:
         return f"status_{status}"
 
 
-def _query(db_path: Path, sql: str, params: tuple[int, ...]) -> list[tuple[object, ...]]:
+def _query(db_path: Path, sql: str, params: tuple[int, ...]) -> list[tuple[Any, ...]]:
     try:
         uri = f"file:{Path(db_path).resolve()}?mode=ro"
         with closing(sqlite3.connect(uri, uri=True)) as db:
