@@ -69,7 +69,7 @@ class _Loop:
 
     def __init__(self, url: str, workflow_id: int, run_id: int, limit: int, batch: bool,
                  index: int) -> None:
-        self.client = TorcClient(url, maxsize=2)
+        self.client = TorcClient(url)
         self.workflow_id = workflow_id
         self.run_id = run_id
         self.limit = limit

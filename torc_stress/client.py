@@ -1,8 +1,8 @@
 """`TorcClient`: the one HTTP client of torc-stress (worker, CLI, harness and benchmark use it).
 
-It speaks the wire format of PyPI ``torc-client==0.35.0`` over a pool of keep-alive HTTP/1.1
-connections (TCP_NODELAY, one ``sendall`` per request) with orjson bodies, returns plain dicts, and
-translates every transport or HTTP failure once into :mod:`torc_stress.errors`:
+It speaks the wire format of PyPI ``torc-client==0.35.0`` over libcurl (pycurl: one handle per
+thread, so each thread keeps its own keep-alive connection) with orjson bodies, returns plain
+dicts, and translates every transport or HTTP failure once into :mod:`torc_stress.errors`:
 
 - HTTP 404 -> :class:`NotFoundError`; 409/422 -> :class:`ConflictError`;
 - any other 4xx/5xx -> :class:`ApiError` (``.retryable`` for 5xx and 429);
@@ -10,19 +10,16 @@ translates every transport or HTTP failure once into :mod:`torc_stress.errors`:
 
 Each request's latency can be recorded into a :class:`LatencyRecorder` (worker metrics file).
 
-NOTE: the transport is a small HTTP/1.1 client of our own rather than urllib3: measured on the
-2-core box against our server, 0.065 ms of client CPU per request against 0.34-0.43 ms for
-urllib3 (whose http.client/email header parsing dominates). The worker makes ~3 requests per job,
-so this is most of the worker's CPU.
+NOTE: libcurl rather than urllib3 or http.client: measured on the 2-core box (keep-alive POST
+with a small JSON body and answer), client CPU per request was ~0.11 ms for pycurl against
+~0.25 ms for http.client and more for urllib3, whose header parsing dominates. The worker makes
+~2-3 requests per job, so this is most of the worker's CPU.
 """
 
 from __future__ import annotations
 
-import contextlib
+import io
 import math
-import select
-import socket
-import ssl
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -30,6 +27,7 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import orjson
+import pycurl
 
 from torc_stress.errors import (
     ApiError,
@@ -132,7 +130,6 @@ class TorcClient:
         token: bearer token sent with every request, if the server requires one.
         timeout: seconds to wait for a connection and for each response.
         recorder: where request latencies go, if anywhere.
-        maxsize: connections kept open (one per concurrent thread is enough).
 
     Raises:
         ConfigError: the URL is not an http(s) URL.
@@ -145,23 +142,18 @@ class TorcClient:
         token: str | None = None,
         timeout: float = 30.0,
         recorder: LatencyRecorder | None = None,
-        maxsize: int = 32,
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigError(f"bad server URL {url!r}: expected http://HOST:PORT/torc-service/v1")
         self.url = url.rstrip("/")
-        self._base = parts.path.rstrip("/")
         self._headers = dict(_JSON_HEADERS)
         if token:
             self._headers["Authorization"] = f"Bearer {token}"
         self.recorder = recorder
-        tls = parts.scheme == "https"
-        port = parts.port or (443 if tls else 80)
-        self._pool = _Pool(parts.hostname, port, timeout, maxsize, tls)
-        host = parts.netloc.rpartition("@")[2]
-        self._head_tail = "".join(f"{k}: {v}\r\n" for k, v in
-                                  {"Host": host, **self._headers}.items())
+        # NOTE: an empty "Expect:" stops libcurl from waiting for "100 Continue" on big bodies.
+        headers = [f"{k}: {v}" for k, v in self._headers.items()] + ["Expect:"]
+        self._pool = _CurlPool(timeout, headers)
 
     def close(self) -> None:
         """Closes the pooled connections."""
@@ -200,18 +192,16 @@ class TorcClient:
             NotFoundError, ConflictError, ApiError: the server answered with an error.
             ServerUnavailable: the server could not be reached or did not answer in time.
         """
-        target = self._base + path
+        target = self.url + path
         if params:
             query = {k: _query_value(v) for k, v in params.items() if v is not None}
             if query:
                 target += "?" + urlencode(query)
-        payload = orjson.dumps(body) if body is not None else b""
-        request = (f"{method} {target} HTTP/1.1\r\n{self._head_tail}"
-                   f"Content-Length: {len(payload)}\r\n\r\n").encode("latin-1") + payload
+        payload = orjson.dumps(body) if body is not None else None
         started = time.perf_counter()
         try:
-            status, data = self._pool.roundtrip(request)
-        except (OSError, ValueError, IndexError) as exc:
+            status, data = self._pool.roundtrip(method, target, payload)
+        except pycurl.error as exc:
             raise ServerUnavailable(self.url, _reason(exc)) from None
         if self.recorder is not None:
             self.recorder.record(op or f"{method} {path}", (time.perf_counter() - started) * 1e3)
@@ -391,8 +381,22 @@ def _query_value(value: Any) -> str:
     return str(value)
 
 
+#: libcurl error codes and what they mean to an operator.
+_CURL_REASONS = {
+    pycurl.E_COULDNT_CONNECT: "connection refused",
+    pycurl.E_COULDNT_RESOLVE_HOST: "cannot resolve the host name",
+    pycurl.E_OPERATION_TIMEDOUT: "timed out",
+    pycurl.E_GOT_NOTHING: "connection reset (empty answer)",
+    pycurl.E_RECV_ERROR: "connection reset",
+    pycurl.E_SEND_ERROR: "connection reset",
+}
+
+
 def _reason(exc: Exception) -> str:
     """A short reason for a transport error (refused, reset, timed out)."""
+    if isinstance(exc, pycurl.error):
+        code = exc.args[0] if exc.args else -1
+        return _CURL_REASONS.get(code) or f"libcurl error {code}: {exc.args[-1]}"[:200]
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused"
     if isinstance(exc, ConnectionResetError | BrokenPipeError | ConnectionAbortedError):
@@ -414,111 +418,54 @@ def rfc3339(epoch: float) -> str:
     return f"{whole}.{int(epoch % 1 * 1000):03d}Z"
 
 
-class _Connection:
-    """One keep-alive HTTP/1.1 connection; a request is one ``sendall``, a reply one parse."""
+class _CurlPool:
+    """One libcurl handle per thread; libcurl keeps that thread's connection alive and
+    reconnects by itself when the server has closed it."""
 
-    def __init__(self, host: str, port: int, timeout: float, tls: bool) -> None:
-        sock = socket.create_connection((host, port), timeout=min(timeout, 10.0))
-        if tls:
-            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
-        self.sock = sock
-        self.sock.settimeout(timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.buf = b""
-
-    def is_dropped(self) -> bool:
-        """Whether the idle connection was closed by the server (readable while idle)."""
-        readable, _, _ = select.select([self.sock], [], [], 0)
-        return bool(readable)
-
-    def roundtrip(self, request: bytes) -> tuple[int, bytes, bool]:
-        """Sends a request; returns ``(status, body, keep_alive)``."""
-        self.sock.sendall(request)
-        while (end := self.buf.find(b"\r\n\r\n")) < 0:
-            self._fill()
-        head, self.buf = self.buf[:end].decode("latin-1"), self.buf[end + 4:]
-        lines = head.split("\r\n")
-        status = int(lines[0].split(" ", 2)[1])
-        headers: dict[str, str] = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-        if headers.get("transfer-encoding", "").lower() == "chunked":
-            body = self._read_chunked()
-        else:
-            body = self._read_exact(int(headers.get("content-length") or 0))
-        keep_alive = headers.get("connection", "").lower() != "close"
-        return status, body, keep_alive
-
-    def _fill(self) -> None:
-        chunk = self.sock.recv(65536)
-        if not chunk:
-            raise ConnectionResetError("the server closed the connection")
-        self.buf += chunk
-
-    def _read_exact(self, size: int) -> bytes:
-        while len(self.buf) < size:
-            self._fill()
-        data, self.buf = self.buf[:size], self.buf[size:]
-        return data
-
-    def _read_chunked(self) -> bytes:
-        parts: list[bytes] = []
-        while True:
-            while (end := self.buf.find(b"\r\n")) < 0:
-                self._fill()
-            size = int(self.buf[:end].split(b";")[0], 16)
-            self.buf = self.buf[end + 2:]
-            data = self._read_exact(size + 2)
-            if size == 0:
-                return b"".join(parts)
-            parts.append(data[:-2])
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.sock.close()
-
-
-class _Pool:
-    """Idle keep-alive connections, shared by threads."""
-
-    def __init__(self, host: str, port: int, timeout: float, maxsize: int, tls: bool) -> None:
-        self.host, self.port, self.timeout, self.maxsize = host, port, timeout, maxsize
-        self.tls = tls
-        self._idle: list[_Connection] = []
+    def __init__(self, timeout: float, headers: Sequence[str]) -> None:
+        self.timeout_ms = int(timeout * 1000)
+        self.headers = list(headers)
+        self._local = threading.local()
+        self._all: list[tuple[pycurl.Curl, io.BytesIO]] = []
         self._lock = threading.Lock()
 
-    def roundtrip(self, request: bytes) -> tuple[int, bytes]:
-        conn = self._checkout()
-        try:
-            status, body, keep_alive = conn.roundtrip(request)
-        except BaseException:
-            conn.close()
-            raise
-        if keep_alive:
-            self._checkin(conn)
+    def roundtrip(self, method: str, url: str, payload: bytes | None) -> tuple[int, bytes]:
+        """Sends one request; returns ``(status, body)``; raises ``pycurl.error``."""
+        curl, buf = self._handle()
+        buf.seek(0)
+        buf.truncate()
+        curl.setopt(pycurl.URL, url)
+        if method == "GET" and payload is None:
+            curl.setopt(pycurl.HTTPGET, 1)
         else:
-            conn.close()
-        return status, body
+            curl.setopt(pycurl.POSTFIELDS, payload or b"")
+            curl.setopt(pycurl.CUSTOMREQUEST, method)
+        try:
+            curl.perform()
+        finally:
+            if method != "GET" or payload is not None:
+                curl.unsetopt(pycurl.CUSTOMREQUEST)
+        return int(curl.getinfo(pycurl.RESPONSE_CODE)), buf.getvalue()
 
-    def _checkout(self) -> _Connection:
-        with self._lock:
-            while self._idle:
-                conn = self._idle.pop()
-                if not conn.is_dropped():
-                    return conn
-                conn.close()
-        return _Connection(self.host, self.port, self.timeout, self.tls)
-
-    def _checkin(self, conn: _Connection) -> None:
-        with self._lock:
-            if len(self._idle) < self.maxsize:
-                self._idle.append(conn)
-                return
-        conn.close()
+    def _handle(self) -> tuple[pycurl.Curl, io.BytesIO]:
+        handle: tuple[pycurl.Curl, io.BytesIO] | None = getattr(self._local, "handle", None)
+        if handle is None:
+            curl, buf = pycurl.Curl(), io.BytesIO()
+            curl.setopt(pycurl.NOSIGNAL, 1)
+            curl.setopt(pycurl.TCP_NODELAY, 1)
+            curl.setopt(pycurl.CONNECTTIMEOUT_MS, min(self.timeout_ms, 10_000))
+            curl.setopt(pycurl.TIMEOUT_MS, self.timeout_ms)
+            curl.setopt(pycurl.HTTPHEADER, self.headers)
+            curl.setopt(pycurl.WRITEDATA, buf)
+            handle = self._local.handle = (curl, buf)
+            with self._lock:
+                self._all.append(handle)
+        return handle
 
     def close(self) -> None:
+        """Closes every thread's handle (and its connection)."""
         with self._lock:
-            idle, self._idle = self._idle, []
-        for conn in idle:
-            conn.close()
+            handles, self._all = self._all, []
+        for curl, _ in handles:
+            curl.close()
+        self._local = threading.local()
