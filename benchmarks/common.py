@@ -176,10 +176,11 @@ class ServerProcess:
         ]
 
     def __enter__(self) -> ServerProcess:
-        self.proc = subprocess.Popen(
-            self.command(), stdout=subprocess.PIPE, stderr=open(self.workdir / "server.err", "wb"),
-            env=child_env(), cwd=self.workdir, start_new_session=True,
-        )
+        with open(self.workdir / "server.err", "wb") as err:
+            self.proc = subprocess.Popen(
+                self.command(), stdout=subprocess.PIPE, stderr=err, env=child_env(),
+                cwd=self.workdir, start_new_session=True,
+            )
         try:
             port = self._read_port()
         except BaseException:
