@@ -217,7 +217,7 @@ class Api:
 
     def snapshot(self, workflow_id: int) -> Any:
         """The committed in-memory figures of a workflow, or 404."""
-        snap = self.state.snapshots.get(workflow_id)
+        snap = self.state.snapshot(workflow_id)
         if snap is None:
             raise NotFoundError(404, f"workflow {workflow_id} does not exist")
         return snap

@@ -116,6 +116,7 @@ class ServerState:
         self.snapshots: dict[int, WorkflowSnapshot] = {}
         self.rr_models: dict[int, dict[str, Any]] = {}
         self._dirty: set[int] = set()
+        self._stale: set[int] = set()
         self._deleted: set[int] = set()
         self._rr_new: dict[int, dict[str, Any]] = {}
         self.needs_reload = False
@@ -152,20 +153,32 @@ class ServerState:
             self._in_batch_pass = False
 
     def after_commit(self) -> None:
-        """Publishes snapshots of the workflows the batch touched (reloads first if asked)."""
+        """Marks the snapshots of the workflows the batch touched stale (reloads first if asked).
+
+        Snapshots are rebuilt on the next read (:meth:`snapshot`), not per transaction: every
+        reader runs on the event loop, which also runs the batches, so between two batches
+        memory is exactly the committed state.
+        """
         if self.needs_reload and self.conn is not None:
             self.load(self.conn)
             return
-        for wid in self._dirty:
-            wf = self.workflows.get(wid)
-            if wf is not None:
-                self.snapshots[wid] = wf.snapshot()
+        self._stale.update(self._dirty)
         for wid in self._deleted:
             self.snapshots.pop(wid, None)
+            self._stale.discard(wid)
         self.rr_models.update(self._rr_new)
         self._dirty.clear()
         self._deleted.clear()
         self._rr_new.clear()
+
+    def snapshot(self, workflow_id: int) -> WorkflowSnapshot | None:
+        """The committed figures of a workflow (None if it does not exist); call on the loop."""
+        if workflow_id in self._stale:
+            self._stale.discard(workflow_id)
+            wf = self.workflows.get(workflow_id)
+            if wf is not None:
+                self.snapshots[workflow_id] = wf.snapshot()
+        return self.snapshots.get(workflow_id)
 
     def after_rollback(self, conn: sqlite3.Connection) -> None:
         """Reloads memory from the database after a transaction did not commit."""
