@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -101,3 +102,52 @@ def test_with_the_continue_policy_the_run_goes_on_without_the_unreachable_host(
     assert record["outcome"] == "completed"
     assert list(record["unreachable"]) == ["ghost"]
     assert record["completed_per_host"] == {"localhost": 11}
+
+
+def leftover_processes(run_id: str) -> list[str]:
+    """Live processes whose command line mentions the run id (ours would: --log-file paths)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if run_id in cmdline and "pytest" not in cmdline:
+                found.append(cmdline)
+    return found
+
+
+def test_ctrl_c_during_the_run_still_stops_everything_and_gathers(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [str(INVOKE), "cluster-run", "--stages", "3", "--jobs-per-stage", "2000",
+         "--runs-root", str(tmp_path), "--no-report"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # wait until the workflow is running
+            if line.startswith("[") and " done " in line:
+                break
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, out[-3000:] + err[-3000:]
+    run_dir = only_run_dir(tmp_path)
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["outcome"] == "interrupted"
+    assert {"stop", "gather"} <= set(record["phases"])
+    assert (run_dir / "hosts" / "localhost" / "server.db").is_file()
+    assert leftover_processes(record["run_id"]) == []
+
+
+def test_a_run_past_its_deadline_is_stopped_gathered_and_exits_1(tmp_path: Path) -> None:
+    proc = invoke("cluster-run", "--stages", "2", "--jobs-per-stage", "3000", "--deadline", "2",
+                  "--runs-root", str(tmp_path), "--no-report", timeout=180)
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    record = json.loads((only_run_dir(tmp_path) / "run.json").read_text())
+    assert record["outcome"] == "deadline"
+    assert record["counts"].get("completed", 0) < 6002
+    assert leftover_processes(record["run_id"]) == []

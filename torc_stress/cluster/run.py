@@ -255,6 +255,7 @@ class Harness:
         self.extra_vars: dict[str, Any] = self._base_vars()
         self.excluded: set[str] = set()
         self.results: dict[str, PlaybookResult] = {}
+        self.wheelhouse: dict[str, Any] | None = None
 
     def _base_vars(self) -> dict[str, Any]:
         s = self.settings
@@ -287,6 +288,9 @@ class Harness:
         wheelhouse = build_wheelhouse(self.settings.project_root, self.settings.wheelhouse_cache)
         self.extra_vars["wheelhouse_tarball"] = str(wheelhouse.tarball)
         self.extra_vars["wheelhouse_digest"] = wheelhouse.digest
+        self.wheelhouse = {"digest": wheelhouse.digest, "cached": wheelhouse.cached,
+                           "wheels": len(wheelhouse.wheels),
+                           "seconds": round(wheelhouse.seconds, 3)}
 
     def play(self, name: str, connections: ConnectionCache, *, playbook: Playbook | None = None,
              label: str | None = None, **extra: Any) -> PlaybookResult:
@@ -525,6 +529,7 @@ class _ClusterRun(Harness):
             "workflow": {"path": _relative(self.workflow_path, self.settings.project_root),
                          "name": self.plan.name, "id": o.workflow_id, "jobs": o.total_jobs},
             "server": {"host": inv.server.name, "url": self.url},
+            "wheelhouse": self.wheelhouse,
             "phases": self.clock.phases,
             "outcome": o.outcome,
             "exit_code": o.exit_code,
