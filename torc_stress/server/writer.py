@@ -79,8 +79,8 @@ class Writer:
     """Owns the read-write connection and runs queued ops in group-commit transactions.
 
     The group commit runs on the event loop that serves the requests: a handler appends its op
-    and awaits a future; the first op of a loop iteration schedules :meth:`_flush` with
-    ``call_soon``, so every request parsed in the same iteration shares one transaction, and
+    and awaits a future; the first op schedules :meth:`_flush` two loop iterations later
+    (``call_soon`` twice), so every request parsed meanwhile shares one transaction, and
     the futures are resolved on the loop with no thread hand-off. A write lock held by another
     *process* (SQLITE_BUSY) never blocks the loop: ``BEGIN IMMEDIATE`` fails at once and the
     batch is retried with ``call_later`` and jittered backoff. Threads other than the loop use
@@ -117,7 +117,7 @@ class Writer:
         self._pending.append(Op(kind, fn, args, time.perf_counter(), loop, future))
         if not self._scheduled:
             self._scheduled = True
-            loop.call_soon(self._flush)
+            loop.call_soon(self._flush_next)
         return future
 
     def submit_threadsafe(
@@ -159,6 +159,12 @@ class Writer:
             self._run_now(pending, timeout)
 
     # -- the loop side ----------------------------------------------------------------------
+    def _flush_next(self) -> None:
+        # one more loop iteration (and I/O poll) before the flush: requests that arrived
+        # meanwhile join this transaction instead of paying for their own
+        assert self._loop is not None
+        self._loop.call_soon(self._flush)
+
     def _flush(self) -> None:
         self._scheduled = False
         batch = self._pending
