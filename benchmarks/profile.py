@@ -13,6 +13,7 @@ import argparse
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -60,9 +61,15 @@ def busy_profile(
     return busy, own.most_common(top), inclusive.most_common(top * 2)
 
 
+def py_spy() -> str | None:
+    """Returns the py-spy executable: next to this interpreter (the venv), else on PATH."""
+    beside = Path(sys.executable).parent / "py-spy"
+    return str(beside) if beside.exists() else shutil.which("py-spy")
+
+
 def _spy(pid: int, out: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [str(shutil.which("py-spy")), "record", "-p", str(pid), "-o", str(out), "-f", "raw",
+        [str(py_spy()), "record", "-p", str(pid), "-o", str(out), "-f", "raw",
          "-r", "100", "--nonblocking"],
         stdout=subprocess.DEVNULL, stderr=open(out.with_suffix(".err"), "wb"))
 
@@ -74,7 +81,7 @@ def profile_run(stages: int, jobs_per_stage: int, workers: int, slots: int, batc
     Raises:
         BenchmarkError: py-spy is missing, or the run failed or timed out.
     """
-    if shutil.which("py-spy") is None:
+    if py_spy() is None:
         raise BenchmarkError("py-spy is not installed: run '.venv/bin/pip install py-spy'")
     out.mkdir(parents=True, exist_ok=True)
     plan = contention_plan(stages, jobs_per_stage)
