@@ -55,6 +55,9 @@ def test_a_small_contention_run_completes_and_gathers_every_artifact(tmp_path: P
         done = db.execute("SELECT COUNT(*) FROM job WHERE status = 5").fetchone()[0]
     assert done == 102
     assert record["completed_per_host"] == {"localhost": 102}
+    token = (ROOT / "runs" / ".local" / "run" / record["run_id"] / "token").read_bytes()
+    assert len(token) >= 24
+    assert not [p for p in run_dir.rglob("*") if p.is_file() and token in p.read_bytes()]
     assert "completed" in proc.stdout and "localhost" in proc.stdout
 
 

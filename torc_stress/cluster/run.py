@@ -362,6 +362,10 @@ class _ClusterRun(Harness):
         self.started_hosts = False
         self.url: str | None = None
         self.tracker = ProgressTracker()
+        # NOTE: the token goes to the hosts only as file content; it is not in run.json or logs.
+        self.token = secrets.token_urlsafe(24) if settings.require_token else None
+        if self.token:
+            self.extra_vars["torc_token"] = self.token
 
     # ---------------------------------------------------------------- playbooks
 
@@ -417,7 +421,7 @@ class _ClusterRun(Harness):
         result = self.timed("start_server", "start_server", connections)
         server = self.inventory.server
         self.url = server_url(server, registered_port(result, server.name))
-        client = TorcClient(self.url, timeout=30.0)
+        client = TorcClient(self.url, token=self.token, timeout=30.0)
         self.clock.begin("server_ready")
         wait_for_server(client, self.settings.server_timeout_s)
         self.clock.end("server_ready")

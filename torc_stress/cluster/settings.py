@@ -42,6 +42,7 @@ DEFAULTS: dict[str, Any] = {
     "stop_grace": 20.0,
     "log_level": "info",
     "wheelhouse_cache": "runs/.wheelhouse",
+    "require_token": True,
 }
 
 #: The project's copy of the seed workflow (5 stages x 1000 jobs).
@@ -74,6 +75,8 @@ class RunSettings:
         stop_grace_s: seconds processes get between TERM and KILL.
         log_level: the server's log level.
         wheelhouse_cache: where wheelhouse builds are cached.
+        require_token: the server requires an API token, made fresh for each run and handed to
+            the hosts in 0600 files (never on a command line, never in the run directory).
     """
 
     project_root: Path
@@ -94,6 +97,7 @@ class RunSettings:
     stop_grace_s: float = 20.0
     log_level: str = "info"
     wheelhouse_cache: Path = Path("runs/.wheelhouse")
+    require_token: bool = True
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -195,6 +199,7 @@ def settings_from_config(
         stop_grace_s=_as_float("stop_grace", merged["stop_grace"]),
         log_level=str(merged["log_level"]).lower(),
         wheelhouse_cache=Path(str(merged["wheelhouse_cache"])),
+        require_token=_as_bool("require_token", merged["require_token"]),
     )
 
 
