@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import hmac
 import logging
 import os
@@ -195,10 +196,8 @@ def serve(settings: ServerSettings) -> int:
         if settings.metrics_file is not None:
             write_metrics_file(metrics, Path(settings.metrics_file))
         reads.close()
-        try:
+        with contextlib.suppress(sqlite3.Error):
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-        except sqlite3.Error:
-            pass
         conn.close()
         logger.info("server stopped", extra=kv(lock_errors=metrics.lock_errors))
     return 0

@@ -5,6 +5,7 @@ Each op validates first (raising ApiError), then writes SQL, then changes memory
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import sqlite3
 import time
@@ -656,10 +657,8 @@ def get_compute_node(conn: sqlite3.Connection, node_id: int) -> dict[str, Any]:
         raise NotFoundError(404, f"compute node {node_id} does not exist")
     model = cn_row_to_model(row)
     if isinstance(model.get("scheduler"), str):
-        try:
+        with contextlib.suppress(orjson.JSONDecodeError):
             model["scheduler"] = orjson.loads(model["scheduler"])
-        except orjson.JSONDecodeError:
-            pass
     return model
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import random
 import sqlite3
@@ -328,10 +329,8 @@ class Writer:
             else:
                 by_loop.setdefault(op.loop, []).append(op)
         for loop, ops in by_loop.items():
-            try:
+            with contextlib.suppress(RuntimeError):  # loop closed during shutdown
                 loop.call_soon_threadsafe(_resolve_on_loop, ops)
-            except RuntimeError:  # loop closed during shutdown
-                pass
 
 
 def _settle(op: Op) -> None:
