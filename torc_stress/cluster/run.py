@@ -270,11 +270,19 @@ class _ClusterRun(Harness):
                     self.on_progress(snap)
                 if snap is not None and snap.finished:
                     return "completed" if _all_completed(snap.counts) else "failed"
+                self.check_idle(now - started)
                 if now >= deadline:
                     return "deadline"
                 time.sleep(min(self.settings.poll_interval_s, max(0.0, deadline - now)) or 0.05)
         finally:
             self.clock.end("run")
+
+    def check_idle(self, elapsed_s: float) -> None:
+        idle = self.tracker.idle_for(elapsed_s)
+        if idle > self.settings.idle_timeout_s:
+            raise RunAborted(f"for {idle:.0f} s no job was done or held by a worker although "
+                             "jobs are waiting: the workers are gone; see worker-*.out and "
+                             "worker-*.log under hosts/<host>/ in the run directory")
 
     def stop_and_gather(self, connections: ConnectionCache) -> None:
         """Stops every process of the run, gathers artifacts; never raises a StressError."""
