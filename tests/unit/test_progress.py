@@ -45,19 +45,3 @@ def test_stalled_for_counts_from_the_last_change_of_the_done_count() -> None:
     tracker.update(doc({"completed": 2}, []), 5.0)
     assert tracker.stalled_for(6.0) == 4.0
 
-
-def test_idle_time_counts_while_jobs_wait_and_no_worker_holds_or_finishes_one() -> None:
-    tracker = ProgressTracker()
-    tracker.update(doc({"completed": 5, "running": 2, "ready": 10}, []), 1.0)
-    tracker.update(doc({"completed": 7, "ready": 10}, []), 2.0)
-    tracker.update(doc({"completed": 7, "ready": 10}, []), 3.0)
-    assert tracker.idle_for(9.0) == 7.0
-
-
-def test_a_worker_holding_a_job_or_a_finished_workflow_is_not_idle() -> None:
-    busy = ProgressTracker()
-    busy.update(doc({"completed": 1, "running": 1, "ready": 10}, []), 1.0)
-    assert busy.idle_for(100.0) == 0.0
-    done = ProgressTracker()
-    done.update(doc({"completed": 3}, []), 1.0)
-    assert done.idle_for(100.0) == 0.0

@@ -15,8 +15,6 @@ from typing import Any
 from torc_stress.statuses import DONE, FINISHED
 
 DONE_NAMES = frozenset(status.wire for status in DONE)
-#: Statuses of jobs a worker holds (claimed or running).
-ACTIVE_NAMES = frozenset({"pending", "running"})
 FINISHED_NAMES = frozenset(status.wire for status in FINISHED)
 
 
@@ -146,16 +144,3 @@ class ProgressTracker:
             since = snap.elapsed_s
         return max(0.0, now_s - since)
 
-    def idle_for(self, now_s: float) -> float:
-        """Seconds in which no job was done or held by a worker (0 while work goes on).
-
-        While work is waiting, a long idle time means the workers are gone.
-        """
-        since = None
-        for snap in reversed(self.history):
-            if snap.finished or any(snap.counts.get(n, 0) for n in ACTIVE_NAMES):
-                break
-            if since is not None and snap.done != self.history[-1].done:
-                break
-            since = snap.elapsed_s
-        return max(0.0, now_s - since) if since is not None else 0.0

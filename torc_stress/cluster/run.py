@@ -270,19 +270,20 @@ class _ClusterRun(Harness):
                     self.on_progress(snap)
                 if snap is not None and snap.finished:
                     return "completed" if _all_completed(snap.counts) else "failed"
-                self.check_idle(now - started)
+                self.check_stall(now - started)
                 if now >= deadline:
                     return "deadline"
                 time.sleep(min(self.settings.poll_interval_s, max(0.0, deadline - now)) or 0.05)
         finally:
             self.clock.end("run")
 
-    def check_idle(self, elapsed_s: float) -> None:
-        idle = self.tracker.idle_for(elapsed_s)
-        if idle > self.settings.idle_timeout_s:
-            raise RunAborted(f"for {idle:.0f} s no job was done or held by a worker although "
-                             "jobs are waiting: the workers are gone; see worker-*.out and "
-                             "worker-*.log under hosts/<host>/ in the run directory")
+    def check_stall(self, elapsed_s: float) -> None:
+        stalled = self.tracker.stalled_for(elapsed_s)
+        if stalled > self.settings.stall_timeout_s:
+            raise RunAborted(
+                f"no job finished for {stalled:.0f} s (stall_timeout): the workers are gone or "
+                "stuck; see worker-*.out and worker-*.log under hosts/<host>/ in the run "
+                "directory (raise stress.stall_timeout for workflows of long jobs)")
 
     def stop_and_gather(self, connections: ConnectionCache) -> None:
         """Stops every process of the run, gathers artifacts; never raises a StressError."""

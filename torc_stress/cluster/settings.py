@@ -43,7 +43,7 @@ DEFAULTS: dict[str, Any] = {
     "log_level": "info",
     "wheelhouse_cache": "runs/.wheelhouse",
     "require_token": True,
-    "idle_timeout": 60.0,
+    "stall_timeout": 120.0,
 }
 
 #: The project's copy of the seed workflow (5 stages x 1000 jobs).
@@ -76,8 +76,8 @@ class RunSettings:
         stop_grace_s: seconds processes get between TERM and KILL.
         log_level: the server's log level.
         wheelhouse_cache: where wheelhouse builds are cached.
-        idle_timeout_s: stop the run when for this long no job was done or held by a worker
-            (the workers are gone), instead of waiting for the deadline.
+        stall_timeout_s: stop the run when no job finished for this long (workers gone or
+            stuck) instead of waiting for the deadline; raise it for workflows of long jobs.
         require_token: the server requires an API token, made fresh for each run and handed to
             the hosts in 0600 files (never on a command line, never in the run directory).
     """
@@ -101,7 +101,7 @@ class RunSettings:
     log_level: str = "info"
     wheelhouse_cache: Path = Path("runs/.wheelhouse")
     require_token: bool = True
-    idle_timeout_s: float = 60.0
+    stall_timeout_s: float = 120.0
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -124,7 +124,7 @@ class RunSettings:
         _check_int("max_parallel_jobs", self.max_parallel_jobs, minimum=1)
         _check_int("forks", self.forks, minimum=1)
         for name in ("deadline_s", "server_timeout_s", "poll_interval_s", "stop_grace_s",
-                     "idle_timeout_s"):
+                     "stall_timeout_s"):
             _check_positive(name, getattr(self, name))
         _check_choice("on_unreachable", self.on_unreachable, UNREACHABLE_POLICIES)
         _check_choice("log_level", self.log_level, LOG_LEVELS)
@@ -205,7 +205,7 @@ def settings_from_config(
         log_level=str(merged["log_level"]).lower(),
         wheelhouse_cache=Path(str(merged["wheelhouse_cache"])),
         require_token=_as_bool("require_token", merged["require_token"]),
-        idle_timeout_s=_as_float("idle_timeout", merged["idle_timeout"]),
+        stall_timeout_s=_as_float("stall_timeout", merged["stall_timeout"]),
     )
 
 
