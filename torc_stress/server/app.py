@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from time import perf_counter
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -12,7 +13,6 @@ import orjson
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -613,57 +613,64 @@ def _int_part(raw: str, name: str) -> int:
 
 
 class HotRoutes:
-    """Pure ASGI middleware serving the per-job routes without Starlette's router.
+    """The per-job routes, served as a bare ASGI callable ahead of Starlette's middleware.
 
     A worker sends 2-3 requests per job (its share of a claim, ``start_job``, ``complete_job``,
     now and then ``is_complete``). Matching ~40 route regexes, building Request/Response objects
-    and walking the exception middleware cost more server CPU than the work itself, so these
-    routes are matched by splitting the path and answered with one raw ``http.response.start``
-    and body. Behaviour, error bodies and metrics keys are those of the Starlette routes;
-    everything else falls through to Starlette.
+    and walking the middleware stack cost more server CPU than the work itself, so
+    :class:`TorcApp` asks :meth:`match` first: these routes are matched by splitting the path
+    and answered with one raw ``http.response.start`` and body. Behaviour, error bodies and
+    metrics keys are those of the Starlette routes; everything else goes to Starlette.
     """
 
-    def __init__(self, app: Any, api: Api) -> None:
-        self.app = app
+    def __init__(self, api: Api) -> None:
         self.api = api
         self._prefix = PREFIX + "/"
         self._cut = len(self._prefix)
-        self._record = api.metrics.record_request
         self._debug = logger.isEnabledFor(logging.DEBUG)
+        requests = api.metrics.request_stats
+        self._routes = {
+            name: (key, requests(key), getattr(self, handler))
+            for name, key, handler in (
+                ("complete", "POST /jobs/{id}/complete_job/{status}/{run_id}", "_complete_job"),
+                ("start", "PUT /jobs/{id}/start_job/{run_id}/{compute_node_id}", "_start_job"),
+                ("claim", "POST /workflows/{id}/claim_next_jobs", "_claim_next_jobs"),
+                ("is_complete", "GET /workflows/{id}/is_complete", "_is_complete"),
+                ("batch", "POST /workflows/{id}/batch_complete_jobs", "_batch_complete_jobs"),
+            )
+        }
 
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        """Answers a hot route, or passes the request on."""
-        if scope["type"] == "http":
-            path = scope["path"]
-            if path.startswith(self._prefix):
-                parts = path[self._cut:].split("/")
-                route = self._match(scope["method"], parts)
-                if route is not None:
-                    await self._serve(route, parts, scope, receive, send)
-                    return
-        await self.app(scope, receive, send)
+    def match(self, scope: Any) -> tuple[tuple[str, Any, Any], list[str]] | None:
+        """The hot route a request is for (with its path split), or None."""
+        path = scope["path"]
+        if not path.startswith(self._prefix) or scope["type"] != "http":
+            return None
+        parts = path[self._cut:].split("/")
+        route = self._match(scope["method"], parts)
+        return None if route is None else (route, parts)
 
-    def _match(self, method: str, parts: list[str]) -> tuple[str, Any] | None:
+    def _match(self, method: str, parts: list[str]) -> tuple[str, Any, Any] | None:
         n = len(parts)
         if n == 5 and parts[0] == "jobs" and all(parts):
             if parts[2] == "complete_job" and method == "POST":
-                return "POST /jobs/{id}/complete_job/{status}/{run_id}", self._complete_job
+                return self._routes["complete"]
             if parts[2] == "start_job" and method == "PUT":
-                return "PUT /jobs/{id}/start_job/{run_id}/{compute_node_id}", self._start_job
+                return self._routes["start"]
         elif n == 3 and parts[0] == "workflows" and parts[1]:
             action = parts[2]
             if action == "claim_next_jobs" and method == "POST":
-                return "POST /workflows/{id}/claim_next_jobs", self._claim_next_jobs
+                return self._routes["claim"]
             if action == "is_complete" and method == "GET":
-                return "GET /workflows/{id}/is_complete", self._is_complete
+                return self._routes["is_complete"]
             if action == "batch_complete_jobs" and method == "POST":
-                return "POST /workflows/{id}/batch_complete_jobs", self._batch_complete_jobs
+                return self._routes["batch"]
         return None
 
-    async def _serve(self, route: tuple[str, Any], parts: list[str], scope: Any, receive: Any,
-                     send: Any) -> None:
-        key, handler = route
-        started = time.perf_counter()
+    async def serve(self, route: tuple[str, Any, Any], parts: list[str], scope: Any, receive: Any,
+                    send: Any) -> None:
+        """Answers one hot-route request (errors become torc's JSON error bodies)."""
+        key, stats, handler = route
+        started = perf_counter()
         status = 200
         try:
             payload = await handler(parts, scope, receive)
@@ -682,8 +689,8 @@ class HotRoutes:
         await send({"type": "http.response.start", "status": status,
                     "headers": [_JSON_HEADER, (b"content-length", b"%d" % len(body))]})
         await send({"type": "http.response.body", "body": body})
-        elapsed = (time.perf_counter() - started) * 1000
-        self._record(key, elapsed, status >= 400)
+        elapsed = (perf_counter() - started) * 1000
+        stats.record(elapsed, status >= 400)
         if self._debug:
             logger.debug("request", extra={"torc_kv": {"route": key, "status": status,
                                                        "ms": elapsed}})
@@ -785,11 +792,26 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return error_response(500, f"internal error: {type(exc).__name__}")
 
 
+class TorcApp(Starlette):
+    """The Starlette application, with the per-job routes answered before its middleware."""
+
+    def __init__(self, api: Api, lifespan: Any = None) -> None:
+        super().__init__(
+            routes=api.starlette_routes(),
+            exception_handlers={HTTPException: _http_exception, Exception: _unexpected},
+            lifespan=lifespan,
+        )
+        self.hot = HotRoutes(api)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        """Serves a hot route directly, anything else through Starlette."""
+        hit = self.hot.match(scope) if scope["type"] == "http" else None
+        if hit is not None:
+            await self.hot.serve(hit[0], hit[1], scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+
 def build_app(api: Api, lifespan: Any = None) -> Starlette:
     """The Starlette application serving ``api``'s routes."""
-    return Starlette(
-        routes=api.starlette_routes(),
-        middleware=[Middleware(HotRoutes, api=api)],
-        exception_handlers={HTTPException: _http_exception, Exception: _unexpected},
-        lifespan=lifespan,
-    )
+    return TorcApp(api, lifespan)

@@ -177,7 +177,7 @@ def serve(settings: ServerSettings) -> int:
 
     config = uvicorn.Config(app, loop="uvloop", http=CoalescingHttpToolsProtocol, log_config=None,
                             access_log=False, lifespan="off", timeout_keep_alive=30,
-                            backlog=1024)
+                            backlog=1024, proxy_headers=False)
     server = uvicorn.Server(config)
     # uvicorn re-raises the captured signal after its graceful shutdown; with these no-op
     # handlers in place that re-raise is harmless and our own shutdown below still runs.

@@ -82,6 +82,13 @@ class RequestStats:
         self.errors = 0
         self.latency_ms = Histogram()
 
+    def record(self, latency_ms: float, error: bool) -> None:
+        """Records one request (on the event loop thread)."""
+        self.count += 1
+        if error:
+            self.errors += 1
+        self.latency_ms.add(latency_ms)
+
 
 class Metrics:
     """Everything the server measures about itself; see the metrics document in internals.md."""
@@ -111,16 +118,17 @@ class Metrics:
             stats = self.ops[kind] = OpStats()
         return stats
 
-    def record_request(self, route: str, latency_ms: float, error: bool) -> None:
-        """Records one HTTP request (called on the event loop thread)."""
+    def request_stats(self, route: str) -> RequestStats:
+        """Returns (creating) the stats of one route template; hot paths keep the object."""
         stats = self.requests.get(route)
         if stats is None:
             with self.lock:
                 stats = self.requests.setdefault(route, RequestStats())
-        stats.count += 1
-        if error:
-            stats.errors += 1
-        stats.latency_ms.add(latency_ms)
+        return stats
+
+    def record_request(self, route: str, latency_ms: float, error: bool) -> None:
+        """Records one HTTP request (called on the event loop thread)."""
+        self.request_stats(route).record(latency_ms, error)
 
     def document(self) -> dict[str, Any]:
         """Builds the metrics document (schema 1)."""
@@ -153,7 +161,7 @@ class Metrics:
             lock_errors = self.lock_errors
         requests = {
             route: {"count": s.count, "errors": s.errors, "latency_ms": s.latency_ms.summary()}
-            for route, s in sorted(list(self.requests.items()))
+            for route, s in sorted(list(self.requests.items())) if s.count
         }
         return {
             "schema": 1,
