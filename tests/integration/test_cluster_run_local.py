@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -153,4 +154,31 @@ def test_a_run_past_its_deadline_is_stopped_gathered_and_exits_1(tmp_path: Path)
     record = json.loads((only_run_dir(tmp_path) / "run.json").read_text())
     assert record["outcome"] == "deadline"
     assert record["counts"].get("completed", 0) < 6002
+    assert leftover_processes(record["run_id"]) == []
+
+
+def test_killed_workers_are_noticed_as_a_stall_long_before_the_deadline(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "INVOKE_STRESS_STALL_TIMEOUT": "4"}
+    proc = subprocess.Popen(
+        [str(INVOKE), "cluster-run", "--stages", "2", "--jobs-per-stage", "3000",
+         "--runs-root", str(tmp_path), "--no-report"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # wait until jobs are being done
+            if line.startswith("[") and " done " in line and " done 0/" not in line:
+                break
+        host_run = ROOT / "runs" / ".local" / "run" / only_run_dir(tmp_path).name
+        for pid_file in host_run.glob("worker-*.pid"):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(int(pid_file.read_text()), signal.SIGKILL)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, out[-3000:] + err[-3000:]
+    record = json.loads((only_run_dir(tmp_path) / "run.json").read_text())
+    assert record["outcome"] == "failed"
+    assert "stall_timeout" in record["message"]
+    assert record["phases"]["run"]["seconds"] < 60
     assert leftover_processes(record["run_id"]) == []
