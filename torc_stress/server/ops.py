@@ -39,6 +39,7 @@ from torc_stress.server.store import (
 from torc_stress.statuses import JobStatus
 
 _COMPLETION_TARGETS = frozenset((5, 6, 7, 8, 10))
+_WIRE = {int(s): s.wire for s in JobStatus}
 
 
 def _bad(message: str) -> ApiError:
@@ -69,11 +70,11 @@ def _workflow_model(conn: sqlite3.Connection, workflow_id: int) -> dict[str, Any
 
 def _job_model(conn: sqlite3.Connection, st: ServerState, job_id: int, **extra: Any
                ) -> dict[str, Any]:
-    """The job's model: from the row cached at its claim (current status), else a SELECT."""
+    """The job's model: from the model cached at its claim (current status), else a SELECT."""
     jm = st.jobs[job_id]
-    if jm.row is not None:
-        model = job_row_to_model(jm.row)
-        model["status"] = JobStatus(jm.status).wire
+    if jm.model is not None:
+        model = dict(jm.model)
+        model["status"] = _WIRE[jm.status]
     else:
         row = conn.execute(f"SELECT {JOB_COLUMNS} FROM job WHERE id = ?", (job_id,)).fetchone()
         model = job_row_to_model(row)
@@ -399,9 +400,15 @@ def _mark_claimed(conn: sqlite3.Connection, st: ServerState, ids: list[int]) -> 
     rows = conn.execute(f"SELECT {JOB_COLUMNS} FROM job WHERE id IN ({','.join('?' * len(ids))}) "
                         "ORDER BY id", ids).fetchall()
     jobs = st.jobs
+    out = []
     for row in rows:
-        jobs[row[0]].row = tuple(row)
-    return [job_row_to_model(r, include_script=False) for r in rows]
+        model = job_row_to_model(row)
+        jobs[row[0]].model = model
+        if "invocation_script" in model:  # a claim's reply leaves the script out
+            model = dict(model)
+            del model["invocation_script"]
+        out.append(model)
+    return out
 
 
 def _pop_ready(st: ServerState, wf: WorkflowMem, accept: Any, limit: int) -> list[int]:
@@ -582,7 +589,7 @@ def complete_job(conn: sqlite3.Connection, st: ServerState, job_id: int, status:
     """POST /jobs/{id}/complete_job/{status}/{run_id}: stores the result; 422 if already done."""
     _complete_one(conn, st, job_id, status, run_id, result)
     model = _job_model(conn, st, job_id)
-    st.jobs[job_id].row = None
+    st.jobs[job_id].model = None
     return model
 
 

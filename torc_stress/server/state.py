@@ -33,17 +33,29 @@ _FAILURE_INTS = frozenset((6, 7, 8))
 MAX_BULK_JOBS = 10000
 
 
+_last_second: list[Any] = [None, ""]
+
+
 def utc_timestamp(now: float | None = None) -> str:
-    """Formats a time like torc: ``%Y-%m-%dT%H:%M:%S.%3fZ``."""
+    """Formats a time like torc: ``%Y-%m-%dT%H:%M:%S.%3fZ``.
+
+    The ``%Y-%m-%dT%H:%M:%S`` part of the last second formatted is kept: a start_job reply
+    needs one per job, and strftime is most of the cost.
+    """
     now = time.time() if now is None else now
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
+    second = int(now)
+    cached = _last_second
+    if cached[0] != second:
+        cached[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        cached[0] = second
+    return f"{cached[1]}.{int(now % 1 * 1000):03d}Z"
 
 
 class JobMem:
     """What the writer remembers about one job."""
 
     __slots__ = ("workflow_id", "status", "depth", "cancel_flag", "rr_id", "node_id", "failed",
-                 "row")
+                 "model")
 
     def __init__(self, workflow_id: int, status: int, depth: int, cancel_flag: bool,
                  rr_id: int | None) -> None:
@@ -54,8 +66,9 @@ class JobMem:
         self.rr_id = rr_id
         self.node_id: int | None = None
         self.failed = False
-        #: the job's row as selected at its last claim (builds start/complete replies)
-        self.row: tuple[Any, ...] | None = None
+        #: the job's model as selected at its last claim (builds start/complete replies);
+        #: dropped at completion, so only claimed, unfinished jobs hold one
+        self.model: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -67,7 +67,6 @@ class Op:
     future: Any = None
     result: Any = None
     error: BaseException | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def is_lock_error(exc: BaseException) -> bool:
@@ -305,11 +304,15 @@ class Writer:
             metrics.tx_ops += len(batch)
             metrics.tx_batch.add(len(batch))
             metrics.tx_hold.add(hold_ms)
+            kind_stats = None
+            last_kind = None
             for kind, wait_ms, op_hold in timings:
-                stats = metrics.op(kind)
-                stats.count += 1
-                stats.wait_ms.add(wait_ms)
-                stats.hold_ms.add(op_hold)
+                if kind is not last_kind:
+                    kind_stats = metrics.op(kind)
+                    last_kind = kind
+                kind_stats.count += 1  # type: ignore[union-attr]
+                kind_stats.wait_ms.add(wait_ms)  # type: ignore[union-attr]
+                kind_stats.hold_ms.add(op_hold)  # type: ignore[union-attr]
 
     def _resolve(self, batch: list[Op]) -> None:
         """Hands every op's outcome to its caller (directly when on the op's own loop)."""
