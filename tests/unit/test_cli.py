@@ -15,7 +15,7 @@ from tests.unit.test_client import (
 )
 from torc_stress.cli import main, status_counts
 
-SEED = Path("/work/shared/seed/workflow.yaml")
+SEED = Path(__file__).resolve().parents[2] / "workflows" / "database_contention.yaml"
 
 TINY = """
 name: tiny

@@ -25,7 +25,8 @@ from torc_stress.spec import (
 
 CASES = Path(__file__).parent / "spec_cases"
 SEED = Path(__file__).resolve().parents[2] / "workflows" / "database_contention.yaml"
-SHARED_SEED = Path("/work/shared/seed/workflow.yaml")
+# The user's own file, beside the repository (CI lays shared/ next to the clone).
+SHARED_SEED = Path(__file__).resolve().parents[3] / "shared" / "seed" / "workflow.yaml"
 BAD_SPECS = yaml.safe_load((CASES / "bad_specs.yaml").read_text())
 EXPANSION = yaml.safe_load((CASES / "expansion.yaml").read_text())
 
