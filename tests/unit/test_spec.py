@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -140,12 +139,6 @@ def test_the_seed_expands_to_5005_jobs_9000_edges_and_10_levels() -> None:
 @pytest.mark.skipif(not SHARED_SEED.exists(), reason="shared seed not present")
 def test_the_shared_seed_and_the_repository_copy_are_the_same_workflow() -> None:
     assert expand(load_spec(SHARED_SEED)) == expand(load_spec(SEED))
-
-
-def test_loading_and_expanding_the_seed_takes_well_under_half_a_second() -> None:
-    started = time.perf_counter()
-    expand(load_spec(SEED))
-    assert time.perf_counter() - started < 0.5
 
 
 @pytest.mark.parametrize("suffix,dump", [
