@@ -65,6 +65,30 @@ def test_a_job_completed_twice_gets_a_4xx_the_second_time_and_nothing_changes(se
     assert [r["return_code"] for r in results["items"]] == [0]
 
 
+def test_a_batch_completion_stores_the_good_entries_and_refuses_the_bad_ones_alone(server) -> None:
+    http = Http(server.url)
+    wid, (good, twice, bad_node) = _flat_workflow(http, 3)
+    node = http.ok("POST", "/compute_nodes", compute_node(wid))["id"]
+    http.ok("POST", f"/workflows/{wid}/claim_next_jobs?limit=3")
+    for job in (good, twice, bad_node):
+        http.ok("PUT", f"/jobs/{job}/start_job/0/{node}")
+    http.ok("POST", f"/jobs/{twice}/complete_job/completed/0", result_body(twice, wid, node))
+
+    def entry(job: int, node_id: int) -> dict:
+        return {"job_id": job, "run_id": 0, "status": "completed",
+                "result": result_body(job, wid, node_id)}
+
+    answer = http.ok("POST", f"/workflows/{wid}/batch_complete_jobs", {"completions": [
+        entry(good, node), entry(twice, node), entry(bad_node, node + 999)]})
+    assert answer["completed"] == [good]
+    assert sorted(e["job_id"] for e in answer["errors"]) == [twice, bad_node]
+    assert http.ok("GET", f"/jobs/{bad_node}")["status"] == "running"
+    results = http.ok("GET", f"/results?workflow_id={wid}")["items"]
+    assert sorted(r["job_id"] for r in results) == [good, twice]
+    http.ok("POST", f"/jobs/{bad_node}/complete_job/completed/0", result_body(bad_node, wid, node))
+    assert http.ok("GET", f"/workflows/{wid}/is_complete")["is_complete"] is True
+
+
 @pytest.fixture(scope="module")
 def shared_server(tmp_path_factory):
     from tests.conftest import start_server

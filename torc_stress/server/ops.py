@@ -595,7 +595,12 @@ def complete_job(conn: sqlite3.Connection, st: ServerState, job_id: int, status:
 
 def batch_complete_jobs(conn: sqlite3.Connection, st: ServerState, workflow_id: int,
                         entries: list[dict[str, Any]]) -> dict[str, Any]:
-    """POST /workflows/{id}/batch_complete_jobs: each entry on its own; errors listed."""
+    """POST /workflows/{id}/batch_complete_jobs: each entry on its own; errors listed.
+
+    No SAVEPOINT per entry: an entry is refused (ApiError, or an IntegrityError of its first
+    INSERT, which SQLite undoes by itself) before it changed anything, which
+    ``conn.total_changes`` confirms.
+    """
     st.workflow(workflow_id)
     completed: list[int] = []
     errors: list[dict[str, Any]] = []
@@ -613,14 +618,17 @@ def batch_complete_jobs(conn: sqlite3.Connection, st: ServerState, workflow_id: 
             result = validate_result(entry.get("result"))
             if st.job(job_id).workflow_id != workflow_id:
                 raise _bad(f"job {job_id} is not in workflow {workflow_id}")
-            conn.execute("SAVEPOINT entry")
+            before = conn.total_changes
             try:
                 _complete_one(conn, st, job_id, status, run_id, result)
-            except BaseException:
-                conn.execute("ROLLBACK TO entry")
-                conn.execute("RELEASE entry")
-                raise
-            conn.execute("RELEASE entry")
+            except BaseException as exc:
+                if conn.total_changes == before:
+                    raise  # refused before it wrote anything: only this entry fails
+                # failed half-way (not expected: every check comes before the first write, and
+                # a failing statement undoes itself): the writer rolls the whole request back
+                # and memory, changed by the entries before this one, is reloaded
+                st.needs_reload = True
+                raise RuntimeError(f"completing job {job_id} failed after it wrote: {exc}") from exc
             completed.append(job_id)
         except ApiError as exc:
             errors.append({"job_id": job_id if isinstance(job_id, int) else -1,
