@@ -33,6 +33,7 @@ from benchmarks.common import (
     worker_command,
 )
 from torc_stress.client import TorcClient
+from torc_stress.stats import Hop, hop_latencies
 from torc_stress.statuses import JobStatus
 from torc_stress.submit import submit_plan
 
@@ -72,7 +73,7 @@ class ContentionRun:
     server_cpu_total_s: float
     server_peak_rss: int
     workers_cpu_s: float = 0.0
-    hops: list[stats.Hop] = field(default_factory=list)
+    hops: list[Hop] = field(default_factory=list)
     stages: list[stats.StageSpan] = field(default_factory=list)
     server_latency_ms: dict[str, dict[str, float]] = field(default_factory=dict)
     worker_latency_ms: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -155,7 +156,7 @@ def _add_metrics(run: ContentionRun, metrics: dict[str, Any]) -> None:
 def _add_database(run: ContentionRun, database: Path, workflow_id: int) -> None:
     jobs, edges = read_jobs(database, workflow_id)
     run.makespan_s = stats.makespan(jobs)
-    run.hops = stats.hop_latencies(jobs, edges)
+    run.hops = hop_latencies(jobs, edges)
     run.stages = stats.stage_spans(jobs)
     run.not_completed = sum(1 for j in jobs if j["status"] != JobStatus.COMPLETED)
 
@@ -191,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     plan = contention_plan(args.stages, args.jobs_per_stage)
     run = run_contention(plan, workers=args.workers, slots=args.max_parallel_jobs,
                          batch=args.batch_completions, keep=args.keep)
-    ready = [h.ready_s * 1000 for h in run.hops]
+    ready = [h.ready_s * 1000 for h in run.hops if h.ready_s is not None]
     print(f"{run.mode}: makespan {run.makespan_s:.3f} s (wall {run.wall_s:.3f} s), "
           f"server CPU {run.cpu_per_1000_jobs:.3f} s/1000 jobs, peak RSS "
           f"{run.server_peak_rss / 2**20:.0f} MiB, hop max {max(ready, default=0):.1f} ms, "

@@ -19,6 +19,7 @@ from benchmarks.suite import (
     paired_ratios,
     stage_seconds,
 )
+from torc_stress.stats import percentile
 
 _OPS = ("claim", "start_job", "complete_job", "batch_complete_jobs")
 
@@ -62,7 +63,7 @@ def figures_table(results: SuiteResults) -> str:
             _num(stats.median(r.cpu_per_1000_jobs for r in runs)),
             _num(stats.median(r.workers_cpu_s / jobs * 1000 for r in runs)),
             _num(max(r.server_peak_rss for r in runs) / 2**20, 0),
-            _num(stats.percentile(hops, 50), 1),
+            _num(percentile(hops, 50), 1),
             _num(max(hops, default=math.nan), 1),
             _values([r.makespan_s for r in runs]),
         ])

@@ -1,7 +1,8 @@
-"""Pure statistics for the benchmark: percentiles, summaries, hop latency and stage spans.
+"""Pure statistics for the benchmark: hop levels, stage spans, makespan and checks.
 
-Nothing here does I/O; every function takes plain rows and returns plain records, so the unit
-tests in ``tests/unit/test_bench_stats.py`` can check them with hand-made data.
+Percentiles, summaries and hop latencies come from :mod:`torc_stress.stats`. Nothing here does
+I/O; every function takes plain rows and returns plain records, so the unit tests in
+``tests/unit/test_bench_stats.py`` can check them with hand-made data.
 """
 
 from __future__ import annotations
@@ -13,42 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """Returns the q-th percentile of values, interpolating linearly between ranks.
-
-    Args:
-        values: the sample; need not be sorted.
-        q: the percentile, 0 to 100.
-
-    Returns:
-        The percentile, or NaN for an empty sample.
-
-    Raises:
-        ValueError: q is outside 0..100.
-    """
-    if not 0 <= q <= 100:
-        raise ValueError(f"percentile q must be within 0..100, got {q}")
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100
-    low = math.floor(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
-
-
-def summarize(values: Sequence[float]) -> dict[str, float]:
-    """Returns the metrics document's summary (count, sum, p50, p90, p99, max) plus min."""
-    return {
-        "count": len(values),
-        "sum": float(sum(values)),
-        "p50": percentile(values, 50),
-        "p90": percentile(values, 90),
-        "p99": percentile(values, 99),
-        "max": max(values) if values else math.nan,
-        "min": min(values) if values else math.nan,
-    }
+from torc_stress.stats import Hop, Summary, summarize
 
 
 def median(values: Iterable[float]) -> float:
@@ -65,68 +31,6 @@ def ratio(numerator: float, denominator: float) -> float:
 
 
 @dataclass(frozen=True)
-class Hop:
-    """One dependency hop: the dependent job and how long it waited after its last upstream.
-
-    Attributes:
-        job_id: the dependent job.
-        name: its name.
-        depth: its depth in the DAG (from the job table).
-        ready_s: ready_time - max(upstream end_time), seconds (NaN if not recorded).
-        claim_s: claim_time - max(upstream end_time), seconds (NaN if not recorded).
-    """
-
-    job_id: int
-    name: str
-    depth: int
-    ready_s: float
-    claim_s: float
-
-
-def _delta(later: float | None, earlier: float | None) -> float:
-    if later is None or earlier is None:
-        return math.nan
-    return later - earlier
-
-
-def hop_latencies(
-    jobs: Iterable[Mapping[str, Any]], edges: Iterable[tuple[int, int]]
-) -> list[Hop]:
-    """Computes the hop of every job that has upstream jobs.
-
-    Args:
-        jobs: rows with ``id, name, depth, ready_time, claim_time, end_time`` (epoch seconds).
-        edges: ``(job_id, depends_on_job_id)`` pairs.
-
-    Returns:
-        One :class:`Hop` per job with at least one upstream job, ordered by job id.
-    """
-    by_id = {int(row["id"]): row for row in jobs}
-    last_upstream_end: dict[int, float | None] = {}
-    for job_id, upstream_id in edges:
-        end = by_id[upstream_id]["end_time"] if upstream_id in by_id else None
-        previous = last_upstream_end.get(job_id, -math.inf)
-        if end is None or previous is None:
-            last_upstream_end[job_id] = None
-        else:
-            last_upstream_end[job_id] = max(previous, end)
-    hops = []
-    for job_id in sorted(last_upstream_end):
-        row = by_id[job_id]
-        upstream_end = last_upstream_end[job_id]
-        hops.append(
-            Hop(
-                job_id=job_id,
-                name=str(row.get("name", job_id)),
-                depth=int(row.get("depth") or 0),
-                ready_s=_delta(row.get("ready_time"), upstream_end),
-                claim_s=_delta(row.get("claim_time"), upstream_end),
-            )
-        )
-    return hops
-
-
-@dataclass(frozen=True)
 class HopLevel:
     """Hop latencies of all jobs at one depth (one barrier crossing in the contention shape).
 
@@ -135,15 +39,15 @@ class HopLevel:
         label: a readable name for the dependent jobs (``barrier_stage1_complete`` or
             ``stage2_* (1000)``).
         jobs: how many dependent jobs are at that depth.
-        ready_ms: summary of ready_time - last upstream end, in ms.
-        claim_ms: summary of claim_time - last upstream end, in ms.
+        ready_ms: summary of ready_time - last upstream end, in ms, plus its ``min``.
+        claim_ms: summary of claim_time - last upstream end, in ms, plus its ``min``.
     """
 
     depth: int
     label: str
     jobs: int
-    ready_ms: dict[str, float]
-    claim_ms: dict[str, float]
+    ready_ms: Summary
+    claim_ms: Summary
 
 
 def level_label(names: Sequence[str]) -> str:
@@ -163,8 +67,9 @@ def _common_prefix(names: Sequence[str]) -> str:
     return first[:size]
 
 
-def _finite_ms(values: Iterable[float]) -> list[float]:
-    return [v * 1000 for v in values if not math.isnan(v)]
+def _summary_ms(seconds: Iterable[float | None]) -> Summary:
+    values = [v * 1000 for v in seconds if v is not None]
+    return {**summarize(values), "min": min(values, default=None)}
 
 
 def hops_by_level(hops: Sequence[Hop]) -> list[HopLevel]:
@@ -181,8 +86,8 @@ def hops_by_level(hops: Sequence[Hop]) -> list[HopLevel]:
             depth=depth,
             label=level_label(sorted({h.name for h in group})),
             jobs=len({h.name for h in group}),
-            ready_ms=summarize(_finite_ms(h.ready_s for h in group)),
-            claim_ms=summarize(_finite_ms(h.claim_s for h in group)),
+            ready_ms=_summary_ms(h.ready_s for h in group),
+            claim_ms=_summary_ms(h.claim_s for h in group),
         )
         for depth, group in sorted(groups.items())
     ]

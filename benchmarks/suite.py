@@ -18,6 +18,7 @@ from benchmarks.capacity import CapacityResult, run_capacity
 from benchmarks.contention import ContentionRun, run_contention
 from benchmarks.floor import floor_jobs, run_floor
 from benchmarks.plans import contention_plan
+from torc_stress.stats import summarize
 
 log = logging.getLogger(__name__)
 
@@ -133,9 +134,9 @@ def hop_levels(runs: list[ContentionRun]) -> list[stats.HopLevel]:
 
 
 def all_hops_ms(runs: list[ContentionRun], attribute: str = "ready_s") -> list[float]:
-    """Returns every hop latency of the runs in ms (ready or claim), NaNs left out."""
-    values = [getattr(h, attribute) * 1000 for run in runs for h in run.hops]
-    return [v for v in values if not math.isnan(v)]
+    """Returns every hop latency of the runs in ms (ready or claim), unrecorded ones left out."""
+    values = (getattr(h, attribute) for run in runs for h in run.hops)
+    return [v * 1000 for v in values if v is not None]
 
 
 def stage_seconds(runs: list[ContentionRun]) -> list[float]:
@@ -195,8 +196,8 @@ def to_json(results: SuiteResults) -> dict[str, Any]:
         doc["cpu_per_1000_jobs"] = run.cpu_per_1000_jobs
         doc["workers_cpu_per_1000_jobs"] = run.workers_cpu_s / run.jobs * 1000
         doc["stage_seconds"] = [s.seconds for s in run.stages]
-        doc["hop_ready_ms"] = stats.summarize(all_hops_ms([run]))
-        doc["hop_claim_ms"] = stats.summarize(all_hops_ms([run], "claim_s"))
+        doc["hop_ready_ms"] = summarize(all_hops_ms([run]))
+        doc["hop_claim_ms"] = summarize(all_hops_ms([run], "claim_s"))
         return doc
 
     return {

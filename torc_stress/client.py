@@ -19,7 +19,6 @@ with a small JSON body and answer), client CPU per request was ~0.11 ms for pycu
 from __future__ import annotations
 
 import io
-import math
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -36,7 +35,9 @@ from torc_stress.errors import (
     NotFoundError,
     ServerUnavailable,
 )
+from torc_stress.stats import Summary, summarize
 
+# NOTE: summarize is re-exported for callers that import it from here (the worker).
 __all__ = ["DEFAULT_URL", "LatencyRecorder", "TorcClient", "rfc3339", "summarize"]
 
 #: The URL used when neither ``--url`` nor ``TORC_API_URL`` is given (torc's default).
@@ -48,33 +49,6 @@ BULK_JOBS_BATCH = 1000
 PAGE_SIZE = 10000
 
 _JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
-
-
-def summarize(values: Sequence[float]) -> dict[str, float]:
-    """Summarizes samples as the metrics documents do.
-
-    Args:
-        values: samples (milliseconds), in any order.
-
-    Returns:
-        ``{"count", "sum", "p50", "p90", "p99", "max"}``; all zero when there are no samples.
-    """
-    if not values:
-        return {"count": 0, "sum": 0.0, "p50": 0.0, "p90": 0.0, "p99": 0.0, "max": 0.0}
-    ordered = sorted(values)
-
-    def pct(p: float) -> float:
-        rank = max(0, math.ceil(p / 100.0 * len(ordered)) - 1)
-        return round(ordered[rank], 3)
-
-    return {
-        "count": len(ordered),
-        "sum": round(sum(ordered), 3),
-        "p50": pct(50),
-        "p90": pct(90),
-        "p99": pct(99),
-        "max": round(ordered[-1], 3),
-    }
 
 
 class LatencyRecorder:
@@ -89,7 +63,7 @@ class LatencyRecorder:
         with self._lock:
             self._samples.setdefault(op, []).append(ms)
 
-    def summaries(self) -> dict[str, dict[str, float]]:
+    def summaries(self) -> dict[str, Summary]:
         """Returns ``{op: summary}`` for every operation seen (see :func:`summarize`)."""
         with self._lock:
             return {op: summarize(values) for op, values in sorted(self._samples.items())}

@@ -1,4 +1,4 @@
-"""The benchmark's pure statistics: percentiles, ratios, hop latency and stage spans."""
+"""The benchmark's pure statistics: ratios, hop levels, stage spans, makespan and checks."""
 
 from __future__ import annotations
 
@@ -9,17 +9,15 @@ import pytest
 
 from benchmarks.stats import (
     Check,
-    hop_latencies,
     hops_by_level,
     level_label,
     makespan,
     median,
     merge_summaries,
-    percentile,
     ratio,
     stage_spans,
-    summarize,
 )
+from torc_stress.stats import hop_latencies
 
 
 def _job(job_id: int, name: str, depth: int, ready: float | None, end: float | None,
@@ -44,34 +42,6 @@ def _two_stages() -> tuple[list[dict[str, object]], list[tuple[int, int]]]:
     return jobs, edges
 
 
-@pytest.mark.parametrize(
-    ("values", "q", "expected"),
-    [
-        ([5.0], 50, 5.0),
-        ([1.0, 2.0, 3.0, 4.0], 50, 2.5),
-        ([4.0, 1.0, 3.0, 2.0], 0, 1.0),
-        ([4.0, 1.0, 3.0, 2.0], 100, 4.0),
-        ([0.0, 10.0], 90, 9.0),
-    ],
-)
-def test_percentile_interpolates_between_ranks_of_the_sorted_sample(
-    values: list[float], q: float, expected: float
-) -> None:
-    assert percentile(values, q) == pytest.approx(expected)
-
-
-def test_percentile_of_an_empty_sample_is_nan_and_a_bad_q_is_refused() -> None:
-    assert math.isnan(percentile([], 50))
-    with pytest.raises(ValueError, match="0..100"):
-        percentile([1.0], 101)
-
-
-def test_summarize_has_the_metrics_document_shape() -> None:
-    summary = summarize([1.0, 2.0, 3.0])
-    assert set(summary) == {"count", "sum", "p50", "p90", "p99", "max", "min"}
-    assert (summary["count"], summary["sum"], summary["p50"], summary["max"]) == (3, 6.0, 2.0, 3.0)
-
-
 def test_median_ignores_missing_values_and_ratio_refuses_a_zero_denominator() -> None:
     assert median([3.0, math.nan, 1.0, 2.0]) == 2.0
     assert math.isnan(median([]))
@@ -89,11 +59,11 @@ def test_a_hop_is_measured_from_the_last_upstream_end_not_the_first() -> None:
     assert hops[7].ready_s == pytest.approx(0.002)
 
 
-def test_a_hop_whose_upstream_never_ended_is_nan() -> None:
+def test_a_hop_whose_upstream_never_ended_is_not_measured() -> None:
     jobs, edges = _two_stages()
     jobs[1]["end_time"] = None
     hops = {h.job_id: h for h in hop_latencies(jobs, edges)}
-    assert math.isnan(hops[4].ready_s)
+    assert hops[4].ready_s is None
     assert hops[5].ready_s == pytest.approx(0.0)
 
 
@@ -107,6 +77,7 @@ def test_hops_are_grouped_per_barrier_crossing_by_depth() -> None:
     ]
     assert levels[1].ready_ms["max"] == pytest.approx(4.0)
     assert levels[1].ready_ms["p50"] == pytest.approx(2.0)
+    assert levels[0].claim_ms["min"] == pytest.approx(30.0)
 
 
 def test_level_label_names_a_wide_level_by_its_common_prefix() -> None:

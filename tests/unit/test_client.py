@@ -12,7 +12,7 @@ from urllib.parse import parse_qs, urlsplit
 import orjson
 import pytest
 
-from torc_stress.client import LatencyRecorder, TorcClient, summarize
+from torc_stress.client import LatencyRecorder, TorcClient
 from torc_stress.errors import ApiError, ConflictError, NotFoundError, ServerUnavailable
 
 Route = Callable[[str, str, dict[str, list[str]], Any], tuple[int, Any]]
@@ -153,12 +153,3 @@ def test_latency_is_recorded_per_operation(stub: tuple[Stub, str]) -> None:
     assert summaries["start_job"]["count"] == 1
     assert state.requests[0][2]["limit"] == ["4"]
     assert state.requests[2][:2] == ("PUT", "/torc-service/v1/jobs/3/start_job/1/2")
-
-
-def test_a_summary_gives_nearest_rank_percentiles() -> None:
-    values = [float(v) for v in range(100, 0, -1)]
-    summary = summarize(values)
-    assert summary["count"] == 100
-    assert summary["sum"] == sum(values)
-    assert (summary["p50"], summary["p90"], summary["p99"], summary["max"]) == (50, 90, 99, 100)
-    assert summarize([])["count"] == 0

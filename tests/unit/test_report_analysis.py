@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from torc_stress.report import analysis
 from torc_stress.report.rundir import JobRow
-from torc_stress.report.stats import linear_slope, percentile
 from torc_stress.statuses import JobStatus
 
 DONE = int(JobStatus.COMPLETED)
@@ -91,17 +90,6 @@ def test_scaling_reports_the_slowest_later_stage_against_the_first() -> None:
     durations = [lv.duration_s for lv in levels if lv.kind == "stage"]
     assert scaling["first_s"] == durations[0]
     assert scaling["max_ratio"] == durations[1] / durations[0]
-
-
-def test_percentile_interpolates_like_numpy() -> None:
-    assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
-    assert percentile([5.0], 99) == 5.0
-    assert percentile([], 50) is None
-
-
-def test_linear_slope_of_a_straight_line_is_its_step() -> None:
-    assert linear_slope([1.0, 3.0, 5.0, 7.0]) == 2.0
-    assert linear_slope([4.0]) is None
 
 
 def test_unfinished_levels_have_no_duration() -> None:

@@ -10,10 +10,10 @@ from __future__ import annotations
 import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 
 from torc_stress.report.rundir import JobRow
-from torc_stress.report.stats import linear_slope
+from torc_stress.stats import hop_latencies, linear_slope
 from torc_stress.statuses import DONE, JobStatus
 
 _TRAILING_INDEX = re.compile(r"[_\-.]?\d+$")
@@ -251,17 +251,13 @@ def _diff(later: float | None, earlier: float | None) -> float | None:
 def hop_latencies_ms(
     jobs: Mapping[int, JobRow], dependencies: Sequence[tuple[int, int]]
 ) -> list[float]:
-    """Returns, per dependent job, last dependency completed -> job ready, in milliseconds."""
-    deps_of: dict[int, list[int]] = defaultdict(list)
-    for job_id, dep in dependencies:
-        deps_of[job_id].append(dep)
-    hops = []
-    for job_id, deps in sorted(deps_of.items()):
-        ends = [jobs[d].end_time for d in deps if d in jobs]
-        ready = jobs[job_id].ready_time if job_id in jobs else None
-        if ready is not None and ends and all(e is not None for e in ends):
-            hops.append(max(0.0, (ready - max(e for e in ends if e is not None)) * 1000.0))
-    return hops
+    """Returns, per dependent job, last dependency completed -> job ready, in milliseconds.
+
+    Hops that were not recorded are left out; a negative hop (rounding of the server's
+    timestamps) counts as 0.
+    """
+    hops = hop_latencies((asdict(job) for job in jobs.values()), dependencies)
+    return [max(0.0, hop.ready_s * 1000.0) for hop in hops if hop.ready_s is not None]
 
 
 def stuck_blocked(

@@ -9,7 +9,7 @@ from typing import Any
 
 from torc_stress.report.analysis import job_walls_ms
 from torc_stress.report.rundir import JobRow, ResultRow, WorkerMetrics
-from torc_stress.report.stats import percentile
+from torc_stress.stats import percentile
 from torc_stress.statuses import JobStatus
 
 LOCK_TEXT = "database is locked"

@@ -15,7 +15,6 @@ from torc_stress import __version__
 from torc_stress.report import figures
 from torc_stress.report.checks import Check, Status, Thresholds
 from torc_stress.report.overview import RunAnalysis
-from torc_stress.report.stats import rounded
 
 SCHEMA_VERSION = 1
 OUTPUT_FILES = {"text": "report.txt", "json": "report.json", "junit": "junit.xml",
@@ -28,6 +27,14 @@ def load_schema() -> dict[str, Any]:
         encoding="utf-8")
     schema: dict[str, Any] = json.loads(text)
     return schema
+
+
+def rounded(value: float | None, digits: int = 3) -> float | None:
+    """Rounds for output, keeping None; avoids ``-0.0`` so outputs compare equal."""
+    if value is None:
+        return None
+    result = round(float(value), digits)
+    return 0.0 if result == 0 else result
 
 
 def _clean(value: Any) -> Any:

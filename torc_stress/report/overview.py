@@ -11,7 +11,7 @@ from torc_stress.report import analysis, figures
 from torc_stress.report.analysis import Level, Stall, Transition
 from torc_stress.report.figures import HostFigures, LogScan
 from torc_stress.report.rundir import JobRow, RunData
-from torc_stress.report.stats import summary
+from torc_stress.stats import summarize
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ def analyze(data: RunData, stall_gap_s: float) -> RunAnalysis:
         stall=_relative_stall(
             analysis.longest_stall(jobs, data.dependencies, stall_gap_s, _run_end(data.run)), t0
         ),
-        hop_ms=summary(analysis.hop_latencies_ms(jobs, data.dependencies)),
+        hop_ms=summarize(analysis.hop_latencies_ms(jobs, data.dependencies)),
         total_time_s=last_end if all_done else None,
         last_end_s=last_end,
         scaling=analysis.stage_scaling(levels),
