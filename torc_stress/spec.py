@@ -5,24 +5,16 @@ frozen dataclasses, like serde ``deny_unknown_fields``) -> ``expand`` (torc's pa
 dependency resolution and topological levels) -> :class:`WorkflowPlan`, which ``submit.py`` sends
 to a server. Everything here is pure except reading the spec file; every problem is a
 :class:`~torc_stress.errors.SpecError` naming the job and the field.
-
-Parameter expansion copies torc's client (``src/client/parameter_expansion.rs``) including its
-quirks: inclusive range ends, float ranges with a 1e-10 end epsilon, Rust float display without a
-trailing ``.0``, and ``{p:fmt}`` suppressing a plain ``{p}`` in the same string. One deliberate
-difference: torc iterates parameters in ``HashMap`` order (random per process); we use spec order,
-last parameter varying fastest, so job order is deterministic.
+Parameter values, their expansion and substitution live in :mod:`torc_stress.parameters`.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
-import math
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from decimal import Decimal
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +22,40 @@ import json5
 import yaml
 
 from torc_stress.errors import SpecError
+from torc_stress.parameters import (
+    ParamValue,
+    display_value,
+    expand_parameters,
+    parse_parameter_value,
+    substitute,
+)
+from torc_stress.quantities import (
+    duration_to_seconds,
+    is_duration,
+    is_memory_size,
+    memory_to_bytes,
+)
+
+# NOTE: parameter and quantity names stay importable from here (tests and callers use them).
+__all__ = [
+    "JobSpec",
+    "ParamValue",
+    "PlannedJob",
+    "ResourceRequirementsSpec",
+    "WorkflowPlan",
+    "WorkflowSpec",
+    "display_value",
+    "duration_to_seconds",
+    "expand",
+    "load_spec",
+    "memory_to_bytes",
+    "parse_parameter_value",
+    "parse_spec",
+    "substitute",
+]
 
 logger = logging.getLogger(__name__)
 
-ParamValue = int | float | str
-
-#: Upper bound on the values of one parameter and the jobs of one spec entry (a typo guard).
-MAX_EXPANDED = 1_000_000
 
 _WORKFLOW_OPTIONS: dict[str, type] = {
     "use_pending_failed": bool,
@@ -68,16 +87,7 @@ _JOB_UNSUPPORTED = frozenset(
 )
 _RR_FIELDS = frozenset({"name", "num_cpus", "num_gpus", "num_nodes", "memory", "runtime"})
 
-_MEMORY_RE = re.compile(r"([0-9]+)([kmgtKMGT]?)\Z")
-_DURATION_RE = re.compile(
-    r"P(?:([0-9]+)D)?(?:T(?=[0-9.])(?:([0-9]+)H)?(?:([0-9]+)M)?(?:([0-9]+(?:\.[0-9]+)?)S)?)?\Z"
-)
-_INT_RE = re.compile(r"[+-]?[0-9]+\Z")
-_FLOAT_RE = re.compile(
-    r"[+-]?(?:inf|infinity|nan|(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)\Z", re.IGNORECASE
-)
-_INT_FORMAT_RE = re.compile(r"0([0-9]+)d\Z")
-_FLOAT_FORMAT_RE = re.compile(r"\.([0-9]+)f\Z")
+
 
 
 # --------------------------------------------------------------------------------------------
@@ -390,9 +400,9 @@ def _parse_rr(data: Any, index: int) -> ResourceRequirementsSpec:
         num_nodes=reader.integer("num_nodes", 1, 1),
         runtime=reader.optional("runtime", str, "PT1H"),
     )
-    if not _MEMORY_RE.match(rr.memory):
+    if not is_memory_size(rr.memory):
         raise reader.fail("memory", f"{rr.memory!r} is not a memory size like '100m' or '1g'")
-    if not _valid_duration(rr.runtime):
+    if not is_duration(rr.runtime):
         raise reader.fail("runtime", f"{rr.runtime!r} is not an ISO-8601 duration like 'PT1M'")
     return rr
 
@@ -406,195 +416,6 @@ def _check_unique_rr_names(rrs: Sequence[ResourceRequirementsSpec]) -> None:
                 field="resource_requirements",
             )
         seen.add(rr.name)
-
-
-def memory_to_bytes(memory: str) -> int:
-    """Converts torc's memory strings (``"100m"``, ``"1g"``, ``"512"``) to bytes.
-
-    Args:
-        memory: digits with an optional unit ``k``, ``m``, ``g`` or ``t`` (powers of 1024).
-
-    Returns:
-        The size in bytes.
-
-    Raises:
-        SpecError: the string is not a memory size.
-    """
-    match = _MEMORY_RE.match(memory.strip())
-    if not match:
-        raise SpecError(f"{memory!r} is not a memory size like '100m' or '1g'", field="memory")
-    return int(match[1]) * 1024 ** " kmgt".index(match[2].lower() or " ")
-
-
-def _valid_duration(text: str) -> bool:
-    return text not in ("P", "PT") and _DURATION_RE.match(text) is not None
-
-
-def duration_to_seconds(duration: str) -> float:
-    """Converts an ISO-8601 duration (``PT1M``, ``P0DT1M``, ``P1DT2H3M4.5S``) to seconds.
-
-    Args:
-        duration: the duration string.
-
-    Returns:
-        The duration in seconds.
-
-    Raises:
-        SpecError: the string is not such a duration.
-    """
-    match = _DURATION_RE.match(duration) if _valid_duration(duration) else None
-    if match is None:
-        raise SpecError(f"{duration!r} is not an ISO-8601 duration like 'PT1M'", field="runtime")
-    days, hours, minutes, seconds = (float(part) if part else 0.0 for part in match.groups())
-    return days * 86400 + hours * 3600 + minutes * 60 + seconds
-
-
-# --------------------------------------------------------------------------------------------
-# Parameter values, display and substitution (torc's parameter_expansion.rs)
-
-
-def parse_parameter_value(raw: str) -> list[ParamValue]:
-    """Parses one parameter value into its list of values, by torc's rules.
-
-    Args:
-        raw: ``"start:end[:step]"`` (inclusive, int or float), ``"[a,b,c]"``, or a scalar;
-            a ``{...}`` wrapper without a comma is stripped.
-
-    Returns:
-        The values in order.
-
-    Raises:
-        ValueError: a bad range or step (the caller turns it into a SpecError).
-    """
-    text = raw.strip()
-    if text.startswith("{") and text.endswith("}") and "," not in text:
-        text = text[1:-1].strip()
-    if text.startswith("[") and text.endswith("]"):
-        inner = text[1:-1].strip()
-        return [_parse_list_item(item.strip()) for item in inner.split(",")] if inner else []
-    if ":" in text:
-        return _parse_range(text)
-    return [_parse_scalar(text)]
-
-
-def _parse_int(text: str) -> int | None:
-    if _INT_RE.match(text):
-        value = int(text)
-        if -(2**63) <= value < 2**63:
-            return value
-    return None
-
-
-def _parse_float(text: str) -> float | None:
-    return float(text) if _FLOAT_RE.match(text) else None
-
-
-def _parse_scalar(text: str) -> ParamValue:
-    number = _parse_int(text)
-    if number is not None:
-        return number
-    real = _parse_float(text)
-    return real if real is not None else text
-
-
-def _parse_list_item(text: str) -> ParamValue:
-    value = _parse_scalar(text)
-    return value.strip("'\"") if isinstance(value, str) else value
-
-
-def _parse_range(text: str) -> list[ParamValue]:
-    parts = [part.strip() for part in text.split(":")]
-    if len(parts) not in (2, 3):
-        raise ValueError(f"invalid range {text!r}: expected start:end or start:end:step")
-    start, end = _parse_int(parts[0]), _parse_int(parts[1])
-    if start is not None and end is not None:
-        step = _parse_int(parts[2]) if len(parts) == 3 else 1
-        if step is None:
-            raise ValueError(f"invalid range {text!r}: step {parts[2]!r} is not an integer")
-        return list(_int_range(text, start, end, step))
-    fstart, fend = _parse_float(parts[0]), _parse_float(parts[1])
-    if fstart is None or fend is None:
-        raise ValueError(f"invalid range {text!r}: start and end must be numbers")
-    fstep = _parse_float(parts[2]) if len(parts) == 3 else 1.0
-    if fstep is None:
-        raise ValueError(f"invalid range {text!r}: step {parts[2]!r} is not a number")
-    return list(_float_range(text, fstart, fend, fstep))
-
-
-def _int_range(text: str, start: int, end: int, step: int) -> range:
-    if step == 0:
-        raise ValueError(f"invalid range {text!r}: step must not be 0")
-    values = range(start, end + 1, step) if step > 0 else range(start, end - 1, step)
-    if len(values) > MAX_EXPANDED:
-        raise ValueError(f"range {text!r} has {len(values)} values, more than {MAX_EXPANDED}")
-    return values
-
-
-def _float_range(text: str, start: float, end: float, step: float) -> Iterator[float]:
-    if step == 0 or math.isnan(step):
-        raise ValueError(f"invalid range {text!r}: step must be a non-zero number")
-    count = (end - start) / step
-    if not math.isfinite(count) or count > MAX_EXPANDED:
-        raise ValueError(f"range {text!r} has too many values (more than {MAX_EXPANDED})")
-    current = start
-    # NOTE: torc adds the step repeatedly, so rounding errors accumulate; copy that.
-    while (current <= end + 1e-10) if step > 0 else (current >= end - 1e-10):
-        yield current
-        current += step
-
-
-def display_value(value: ParamValue) -> str:
-    """Returns a value as Rust's ``Display`` prints it (floats without a trailing ``.0``).
-
-    Args:
-        value: an int, float or string parameter value.
-
-    Returns:
-        The text: ``7`` -> ``"7"``, ``1.0`` -> ``"1"``, ``0.1`` -> ``"0.1"``,
-        ``1e20`` -> ``"100000000000000000000"`` (never an exponent).
-    """
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "NaN"
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        text = format(Decimal(repr(value)), "f")
-        return text.rstrip("0").rstrip(".") if "." in text else text
-    return str(value)
-
-
-def format_value(value: ParamValue, spec: str) -> str:
-    """Formats a value with a ``{p:SPEC}`` spec the way torc does.
-
-    Only ``0Nd`` for integers and ``.Nf`` for finite floats are honoured; anything else falls
-    back to :func:`display_value`.
-    """
-    if isinstance(value, int) and (match := _INT_FORMAT_RE.match(spec)):
-        return f"{value:0{int(match[1])}d}"
-    match = _FLOAT_FORMAT_RE.match(spec)
-    if isinstance(value, float) and math.isfinite(value) and match:
-        return f"{value:.{int(match[1])}f}"
-    return display_value(value)
-
-
-def substitute(text: str, values: Sequence[tuple[str, ParamValue]]) -> str:
-    """Substitutes parameter values into a string with torc's rules.
-
-    For each parameter ``p`` in order: if ``{p:`` occurs, the first ``{p:SPEC}`` is formatted
-    and every identical occurrence replaced, and a plain ``{p}`` is left alone (torc's quirk);
-    otherwise every ``{p}`` becomes the display form.
-    """
-    for name, value in values:
-        prefix = "{" + name + ":"
-        start = text.find(prefix)
-        if start >= 0:
-            end = text.find("}", start + len(prefix))
-            if end >= 0:
-                spec = text[start + len(prefix):end]
-                text = text.replace(text[start:end + 1], format_value(value, spec))
-            continue
-        text = text.replace("{" + name + "}", display_value(value))
-    return text
 
 
 # --------------------------------------------------------------------------------------------
@@ -647,35 +468,9 @@ def _job_parameters(job: JobSpec, workflow: Mapping[str, str]) -> list[tuple[str
     return [(name, workflow[name]) for name in job.use_parameters if name in workflow]
 
 
-def _combinations(job: JobSpec, params: list[tuple[str, str]]) -> list[list[tuple[str, Any]]]:
-    names, value_lists = [], []
-    for name, raw in params:
-        try:
-            value_lists.append(parse_parameter_value(raw))
-        except ValueError as exc:
-            raise SpecError(str(exc), job=job.name, field=f"parameters.{name}") from exc
-        names.append(name)
-    if job.parameter_mode == "zip":
-        for name, values in zip(names[1:], value_lists[1:], strict=True):
-            if len(values) != len(value_lists[0]):
-                raise SpecError(
-                    "All parameters must have the same number of values when using 'zip' mode. "
-                    f"Parameter '{names[0]}' has {len(value_lists[0])} values, but '{name}' has "
-                    f"{len(values)} values.", job=job.name, field="parameters",
-                )
-        rows: Iterable[tuple[Any, ...]] = zip(*value_lists, strict=True)
-    else:
-        total = math.prod(len(values) for values in value_lists)
-        if total > MAX_EXPANDED:
-            raise SpecError(f"the parameters expand to {total} jobs, more than {MAX_EXPANDED}",
-                            job=job.name, field="parameters")
-        rows = itertools.product(*value_lists)
-    return [list(zip(names, row, strict=True)) for row in rows]
-
-
 def _expand_job(job: JobSpec, workflow: Mapping[str, str]) -> list[_ExpandedJob]:
     params = _job_parameters(job, workflow)
-    combos = _combinations(job, params) if params else [[]]
+    combos = expand_parameters(params, job.parameter_mode, job.name) if params else [[]]
     return [_instantiate(job, values) for values in combos]
 
 
@@ -739,13 +534,8 @@ def _resolve_dependencies(expanded: Sequence[_ExpandedJob]) -> list[PlannedJob]:
                 raise SpecError(f"regex {pattern!r} matches no job name", job=item.job.name,
                                 field="depends_on_regexes")
             deps.update(dict.fromkeys(cache[pattern]))
-        jobs.append(_with_deps(item.job, tuple(deps)))
+        jobs.append(replace(item.job, depends_on=tuple(deps)))
     return jobs
-
-
-def _with_deps(job: PlannedJob, deps: tuple[str, ...]) -> PlannedJob:
-    return PlannedJob(job.name, job.command, job.invocation_script, job.resource_requirements,
-                      deps, job.cancel_on_blocking_job_failure, job.supports_termination)
 
 
 def _exact_dependencies(item: _ExpandedJob, known: set[str]) -> tuple[str, ...]:
