@@ -300,3 +300,29 @@ def test_an_interrupt_ends_running_commands_instead_of_waiting_for_them(tmp_path
     with pytest.raises(KeyboardInterrupt):
         run_playbook(path, inventory, on_event=interrupt)
     assert time.monotonic() - started < 10
+
+
+def test_an_interrupt_returns_at_once_even_while_a_command_still_hangs(tmp_path: Path) -> None:
+    """Ctrl-C does not wait for a hung command's timeout: the pool is not joined."""
+    release = threading.Event()
+
+    def answer(host: str, command: str) -> tuple[int, str, str]:
+        if host != "s1":
+            release.wait(30)  # a remote command that closing the transport does not end
+        return ok(host, command)
+
+    def interrupt(event: TaskEvent) -> None:
+        raise KeyboardInterrupt  # arrives while w1 and w2 are still running
+
+    hosts = FakeHosts(answer)
+    path = tmp_path / "play.yml"
+    path.write_text(yaml.safe_dump([play({"name": "hang", "shell": "sleep 600", "timeout": 600})]))
+    started = time.monotonic()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_playbook(path, make_inventory(tmp_path), connections=hosts.cache,
+                         on_event=interrupt)
+        assert time.monotonic() - started < 1.0
+        assert ("close",) in hosts.transports["w1"].calls
+    finally:
+        release.set()  # let the abandoned pool threads finish
