@@ -161,3 +161,34 @@ def test_workers_keep_retrying_across_a_server_killed_and_restarted(
     assert_all_completed(own_server.url, workflow_id, out, 5005)
     logs = "".join((out / f"worker-{n}.log").read_text() for n in range(1, 5))
     assert "server not taking requests; retrying" in logs
+
+
+def test_a_worker_stopped_with_sigterm_while_holding_claims_strands_no_job(
+        server: ServerProcess, tmp_path: Path) -> None:
+    spec = tmp_path / "sleepers.json"
+    spec.write_bytes(orjson.dumps({"name": "sleepers", "jobs": [
+        {"name": f"sleep_{i}", "command": "sleep 0.4"} for i in range(12)]}))
+    workflow_id = create(server.url, spec)
+    out = tmp_path / "out"
+    worker = subprocess.Popen(cli("--url", server.url, "workflows", "run", str(workflow_id),
+                                  "--max-parallel-jobs", "1", "--output-dir", str(out),
+                                  "--node-name", "w1", "--log-file", str(out / "worker.log")),
+                              env=ENV)
+    try:
+        with TorcClient(server.url) as client:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                if client.list_jobs(workflow_id, status="running"):
+                    break
+                time.sleep(0.02)
+            held = [j for j in client.list_jobs(workflow_id) if j["status"] != "ready"]
+            assert len(held) > 1, "the worker should hold claims beyond its one slot"
+            worker.send_signal(signal.SIGTERM)
+            assert worker.wait(timeout=60) == 0
+            jobs = client.list_jobs(workflow_id)
+    finally:
+        stop([worker])
+    statuses = {job["id"]: job["status"] for job in jobs}
+    assert set(statuses.values()) <= {"completed", "ready"}, statuses
+    assert sum(1 for s in statuses.values() if s == "completed") >= len(held)
+    assert " ERROR " not in (out / "worker.log").read_text()

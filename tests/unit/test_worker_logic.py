@@ -10,6 +10,7 @@ from torc_stress.errors import ApiError, ConflictError, NotFoundError, ServerUna
 from torc_stress.worker import (
     Backoff,
     build_metrics,
+    claim_limit,
     classify_failure,
     metrics_path,
     status_for,
@@ -83,3 +84,23 @@ def test_the_metrics_document_has_the_contracted_fields() -> None:
     assert set(doc["job_wall_ms"]) == {"count", "sum", "p50", "p90", "p99", "max"}
     assert doc["job_wall_ms"]["max"] == 4.0
     assert doc["retries"] == {"complete_job": 2}
+
+
+def test_a_worker_claims_for_every_slot_and_prefetch_when_it_holds_nothing() -> None:
+    assert claim_limit(0, 2, 4) == 6
+    assert claim_limit(0, 3, 0) == 3
+
+
+def test_a_worker_holding_its_capacity_claims_nothing() -> None:
+    assert claim_limit(6, 2, 4) == 0
+    assert claim_limit(7, 2, 4) == 0
+
+
+def test_a_worker_claims_again_only_when_a_whole_batch_fits() -> None:
+    limits = [claim_limit(held, 2, 4) for held in range(7)]
+    assert limits == [6, 5, 4, 3, 0, 0, 0]
+    assert all(limit == 0 or limit >= 3 for limit in limits)
+
+
+def test_without_prefetch_a_worker_claims_exactly_its_free_slots() -> None:
+    assert [claim_limit(held, 2, 0) for held in range(3)] == [2, 1, 0]

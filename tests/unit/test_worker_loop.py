@@ -201,3 +201,55 @@ def test_a_job_gets_only_stdin_stdout_and_stderr_of_the_workers_descriptors(
     listed = (tmp_path / "job_stdio" / "job_wf1_j1_r1_a1.o").read_text().split()
     assert "200" not in listed
     assert {"0", "1", "2"} <= set(listed)
+
+
+def independent(count: int, command: str) -> dict[int, dict[str, Any]]:
+    return {i: {"id": i, "name": f"j{i}", "command": command} for i in range(1, count + 1)}
+
+
+def test_a_stop_request_runs_the_jobs_already_claimed_before_the_worker_exits(
+        tmp_path: Path) -> None:
+    server = FakeServer(independent(10, "sleep 0.3"))
+    worker = Worker(server, 1, max_parallel_jobs=1, prefetch=2,  # type: ignore[arg-type]
+                    output_dir=tmp_path, node_name="w1")
+    threading.Timer(0.15, worker.request_stop).start()
+    assert worker.run() == 0
+    statuses = [job["status"] for job in server.jobs.values()]
+    assert set(statuses) <= {"completed", "ready"}
+    assert statuses.count("completed") == 3  # the running job and the two claimed ahead
+    assert sorted(server.completion_calls) == sorted(set(server.completion_calls))
+    assert server.node["is_active"] is False
+
+
+def test_a_hard_stop_reports_claimed_jobs_that_never_ran_as_terminated(tmp_path: Path) -> None:
+    server = FakeServer(independent(10, "sleep 30"))
+    worker = Worker(server, 1, max_parallel_jobs=1, prefetch=2,  # type: ignore[arg-type]
+                    output_dir=tmp_path, node_name="w1", grace_s=0.3)
+    threading.Timer(0.2, worker.request_stop).start()
+    started = time.monotonic()
+    assert worker.run() == 0
+    assert time.monotonic() - started < 10
+    statuses = [job["status"] for job in server.jobs.values()]
+    assert statuses.count("terminated") == 3
+    assert set(statuses) == {"terminated", "ready"}
+    assert worker.jobs_run == 1  # only the running one was spawned
+
+
+def test_a_worker_never_holds_more_than_its_slots_and_prefetch(tmp_path: Path) -> None:
+    server = FakeServer(independent(30, "echo hi"))
+    worker = Worker(server, 1, max_parallel_jobs=2, prefetch=3,  # type: ignore[arg-type]
+                    output_dir=tmp_path, node_name="w1")
+    most = 0
+    claim = server.claim_next_jobs
+
+    def counting_claim(wf: int, limit: int) -> list[dict[str, Any]]:
+        nonlocal most
+        jobs = claim(wf, limit)
+        most = max(most, len(worker.running) + len(worker.claimed) + len(jobs))
+        return jobs
+
+    server.claim_next_jobs = counting_claim  # type: ignore[method-assign]
+    assert worker.run() == 0
+    assert {j["status"] for j in server.jobs.values()} == {"completed"}
+    assert 0 < most <= 2 + 3
+    assert sorted(server.completion_calls) == list(range(1, 31))
