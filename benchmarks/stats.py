@@ -8,6 +8,7 @@ I/O; every function takes plain rows and returns plain records, so the unit test
 from __future__ import annotations
 
 import math
+import os
 import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -54,17 +55,9 @@ def level_label(names: Sequence[str]) -> str:
     """Names a group of jobs: the name if one, else the common prefix with ``*`` and the count."""
     if len(names) == 1:
         return names[0]
-    prefix = _common_prefix(names)
+    prefix = os.path.commonprefix(list(names))
     stem = prefix.rsplit("_", 1)[0] if "_" in prefix else prefix.rstrip("0123456789")
     return f"{stem or 'jobs'}_* ({len(names)})"
-
-
-def _common_prefix(names: Sequence[str]) -> str:
-    first, last = min(names), max(names)
-    size = 0
-    while size < min(len(first), len(last)) and first[size] == last[size]:
-        size += 1
-    return first[:size]
 
 
 def _summary_ms(seconds: Iterable[float | None]) -> Summary:

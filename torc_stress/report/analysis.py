@@ -7,6 +7,7 @@ the run's start (the first moment a job became ready).
 
 from __future__ import annotations
 
+import os
 import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -135,16 +136,8 @@ def stage_label(names: Sequence[str], depth: int) -> str:
     stems = {_TRAILING_INDEX.sub("", n) for n in names}
     if len(stems) == 1 and (stem := stems.pop()):
         return stem
-    prefix = _common_prefix(names).rstrip("_-. ")
+    prefix = os.path.commonprefix(list(names)).rstrip("_-. ")
     return prefix or f"depth {depth}"
-
-
-def _common_prefix(names: Sequence[str]) -> str:
-    first, last = min(names), max(names)
-    size = 0
-    while size < min(len(first), len(last)) and first[size] == last[size]:
-        size += 1
-    return first[:size]
 
 
 def build_levels(
