@@ -17,8 +17,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-import yaml
-
+from torc_stress.cluster.yamlfile import read_yaml
 from torc_stress.errors import InventoryError
 
 log = logging.getLogger(__name__)
@@ -114,7 +113,7 @@ def load_inventory(path: Path) -> Inventory:
             the group or host, and what to fix.
     """
     path = Path(path)
-    data = _read_yaml(path)
+    data = read_yaml(path, InventoryError, "inventory")
     return build_inventory(path, data, vars_dir=path.parent)
 
 
@@ -127,23 +126,8 @@ def _vars_files(vars_dir: Path, kind: str, name: str) -> dict[str, Any]:
         files += sorted(p for p in (base / name).iterdir() if p.suffix in (".yml", ".yaml"))
     merged: dict[str, Any] = {}
     for file in files:
-        merged.update(_mapping(_read_yaml(file), f"{file}"))
+        merged.update(_mapping(read_yaml(file, InventoryError, "inventory"), f"{file}"))
     return merged
-
-
-def _read_yaml(path: Path) -> Any:
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise InventoryError(f"{path}: cannot read the inventory: {exc.strerror}") from exc
-    try:
-        return yaml.safe_load(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        line = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise InventoryError(f"{path}:{line}: not valid YAML: {exc.problem}") from exc
-    except yaml.YAMLError as exc:
-        raise InventoryError(f"{path}: not valid YAML: {exc}") from exc
 
 
 def build_inventory(path: Path, data: Any, *, vars_dir: Path | None = None) -> Inventory:

@@ -12,9 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from torc_stress.cluster.modules import MODULE_NAMES, MODULES, check_args, free_form_args
+from torc_stress.cluster.yamlfile import read_yaml
 from torc_stress.errors import PlaybookError
 
 PLAY_KEYS = frozenset({"name", "hosts", "vars", "gather_facts", "tasks", "any_errors_fatal"})
@@ -74,18 +73,7 @@ def load_playbook(path: Path) -> Playbook:
             names the file, play, task and key.
     """
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise PlaybookError(f"{path}: cannot read the playbook: {exc.strerror}") from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        line = f" line {mark.line + 1}, column {mark.column + 1}:" if mark else ""
-        raise PlaybookError(f"{path}:{line} not valid YAML: {exc.problem}") from exc
-    except yaml.YAMLError as exc:
-        raise PlaybookError(f"{path}: not valid YAML: {exc}") from exc
+    data = read_yaml(path, PlaybookError, "playbook")
     return parse_playbook(path, data)
 
 
@@ -96,12 +84,16 @@ def parse_playbook(path: Path, data: Any) -> Playbook:
     return Playbook(path, tuple(_parse_play(path, i, play) for i, play in enumerate(data, 1)))
 
 
-def _parse_play(path: Path, index: int, raw: Any) -> Play:
-    where = f"{path}: play {index}"
+def _named(where: str, raw: Any, shape: str) -> str:
+    """Returns ``where`` with the item's name added; refuses an item that is not a mapping."""
     if not isinstance(raw, dict):
-        raise PlaybookError(f"{where}: a play is a mapping with hosts, gather_facts and tasks")
-    if raw.get("name"):
-        where += f" ({raw['name']!r})"
+        raise PlaybookError(f"{where}: {shape}")
+    return f"{where} ({raw['name']!r})" if raw.get("name") else where
+
+
+def _parse_play(path: Path, index: int, raw: Any) -> Play:
+    where = _named(f"{path}: play {index}", raw,
+                   "a play is a mapping with hosts, gather_facts and tasks")
     unknown = sorted(map(str, set(raw) - PLAY_KEYS))
     if unknown:
         raise PlaybookError(f"{where}: unsupported play keyword(s) {', '.join(unknown)} "
@@ -127,11 +119,8 @@ def _parse_play(path: Path, index: int, raw: Any) -> Play:
 
 
 def _parse_task(play_where: str, index: int, raw: Any) -> Task:
-    where = f"{play_where}, task {index}"
-    if not isinstance(raw, dict):
-        raise PlaybookError(f"{where}: a task is a mapping with a name and one module")
-    if raw.get("name"):
-        where += f" ({raw['name']!r})"
+    where = _named(f"{play_where}, task {index}", raw,
+                   "a task is a mapping with a name and one module")
     modules = [key for key in raw if key in MODULE_NAMES]
     unknown = sorted(map(str, set(raw) - TASK_KEYS - set(modules)))
     if unknown:
