@@ -78,16 +78,30 @@ def build_parser() -> argparse.ArgumentParser:
     _add_server(groups)
     _add_workflows(groups)
     _add_jobs(groups)
-    report = groups.add_parser("report", help="render the report of a run directory")
+    report = _command(groups, "report", "render the report of a run directory", _report)
     report.add_argument("run_dir", type=Path, metavar="RUN_DIR")
-    report.set_defaults(handler=_report)
+    return parser
+
+
+def _group(groups: Any, name: str, help_text: str) -> Any:
+    """Adds a command group (``server``, ``workflows``, ``jobs``); returns its subparsers."""
+    group = groups.add_parser(name, help=help_text)
+    return group.add_subparsers(title=f"{name.rstrip('s')} commands", metavar="COMMAND")
+
+
+def _command(commands: Any, name: str, help_text: str, handler: Handler, *,
+             workflow_id: bool = False) -> argparse.ArgumentParser:
+    """Adds one subcommand that runs ``handler``, with a workflow ``ID`` argument if asked."""
+    parser: argparse.ArgumentParser = commands.add_parser(name, help=help_text)
+    if workflow_id:
+        parser.add_argument("workflow_id", type=int, metavar="ID")
+    parser.set_defaults(handler=handler)
     return parser
 
 
 def _add_server(groups: Any) -> None:
-    server = groups.add_parser("server", help="run or back up the server")
-    commands = server.add_subparsers(title="server commands", metavar="COMMAND")
-    run = commands.add_parser("run", help="run the torc-compatible server")
+    commands = _group(groups, "server", "run or back up the server")
+    run = _command(commands, "run", "run the torc-compatible server", _server_run)
     run.add_argument("--host", default="127.0.0.1")
     run.add_argument("--port", type=int, default=8080, help="0 picks a free port")
     run.add_argument("--database", type=Path, required=True, help="SQLite database file")
@@ -97,29 +111,21 @@ def _add_server(groups: Any) -> None:
     run.add_argument("--unblock-delay", type=float, default=0.0)
     run.add_argument("--lock-error-after", type=float, default=45.0)
     run.add_argument("--token-file", dest="server_token_file", type=Path)
-    run.set_defaults(handler=_server_run)
-    backup = commands.add_parser("backup", help="copy a live database consistently")
+    backup = _command(commands, "backup", "copy a live database consistently", _server_backup)
     backup.add_argument("src", type=Path, metavar="SRC")
     backup.add_argument("dest", type=Path, metavar="DEST")
-    backup.set_defaults(handler=_server_backup)
 
 
 def _add_workflows(groups: Any) -> None:
-    workflows = groups.add_parser("workflows", help="create, list, run and cancel workflows")
-    commands = workflows.add_subparsers(title="workflow commands", metavar="COMMAND")
-    create = commands.add_parser("create", help="create a workflow from a spec file")
+    commands = _group(groups, "workflows", "create, list, run and cancel workflows")
+    create = _command(commands, "create", "create a workflow from a spec file", _workflows_create)
     create.add_argument("file", type=Path, metavar="FILE")
     create.add_argument("--user", default=_default_user())
-    create.set_defaults(handler=_workflows_create)
-    commands.add_parser("list", help="list workflows").set_defaults(handler=_workflows_list)
-    status = commands.add_parser("status", help="job counts per status")
-    status.add_argument("workflow_id", type=int, metavar="ID")
-    status.set_defaults(handler=_workflows_status)
-    cancel = commands.add_parser("cancel", help="cancel a workflow")
-    cancel.add_argument("workflow_id", type=int, metavar="ID")
-    cancel.set_defaults(handler=_workflows_cancel)
-    run = commands.add_parser("run", help="run the workflow's jobs on this host (a worker)")
-    run.add_argument("workflow_id", type=int, metavar="ID")
+    _command(commands, "list", "list workflows", _workflows_list)
+    _command(commands, "status", "job counts per status", _workflows_status, workflow_id=True)
+    _command(commands, "cancel", "cancel a workflow", _workflows_cancel, workflow_id=True)
+    run = _command(commands, "run", "run the workflow's jobs on this host (a worker)",
+                   _workflows_run, workflow_id=True)
     run.add_argument("--max-parallel-jobs", type=int, default=os.cpu_count() or 1)
     run.add_argument("--output-dir", type=Path, default=Path("torc_output"))
     run.add_argument("--node-name", default=socket.gethostname())
@@ -127,16 +133,12 @@ def _add_workflows(groups: Any) -> None:
                      help="report completions with batch_complete_jobs")
     run.add_argument("--log-file", type=Path)
     run.add_argument("--log-level", default="info")
-    run.set_defaults(handler=_workflows_run)
 
 
 def _add_jobs(groups: Any) -> None:
-    jobs = groups.add_parser("jobs", help="inspect jobs")
-    commands = jobs.add_subparsers(title="job commands", metavar="COMMAND")
-    listing = commands.add_parser("list", help="list a workflow's jobs")
-    listing.add_argument("workflow_id", type=int, metavar="ID")
+    commands = _group(groups, "jobs", "inspect jobs")
+    listing = _command(commands, "list", "list a workflow's jobs", _jobs_list, workflow_id=True)
     listing.add_argument("--status", choices=[s.wire for s in JobStatus])
-    listing.set_defaults(handler=_jobs_list)
 
 
 def _default_user() -> str:
