@@ -46,18 +46,33 @@ class ServerProcess:
         return self.log_path.read_text(encoding="utf-8") if self.log_path.exists() else ""
 
 
-def start_server(tmp: Path, *extra: str, db_path: Path | None = None,
-                 log_name: str = "server.log") -> ServerProcess:
+def start_server(
+    tmp: Path, *extra: str, db_path: Path | None = None, log_name: str = "server.log"
+) -> ServerProcess:
     """Starts ``python -m torc_stress.server.main`` and waits for its port line."""
     db_path = db_path or tmp / "server.db"
     log_path = tmp / log_name
     metrics_path = tmp / "metrics.json"
-    args = [sys.executable, "-m", "torc_stress.server.main", "--host", "127.0.0.1", "--port", "0",
-            "--database", str(db_path), "--log-file", str(log_path),
-            "--metrics-file", str(metrics_path), *extra]
+    args = [
+        sys.executable,
+        "-m",
+        "torc_stress.server.main",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--database",
+        str(db_path),
+        "--log-file",
+        str(log_path),
+        "--metrics-file",
+        str(metrics_path),
+        *extra,
+    ]
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                            env=env, cwd=ROOT)
+    proc = subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=ROOT
+    )
     deadline = time.monotonic() + 20
     line = ""
     try:
@@ -74,8 +89,15 @@ def start_server(tmp: Path, *extra: str, db_path: Path | None = None,
         proc.wait(10)
         raise
     port = int(line.strip().split("=", 1)[1])
-    return ServerProcess(f"http://127.0.0.1:{port}/torc-service/v1", db_path, log_path,
-                         metrics_path, proc, port, args)
+    return ServerProcess(
+        f"http://127.0.0.1:{port}/torc-service/v1",
+        db_path,
+        log_path,
+        metrics_path,
+        proc,
+        port,
+        args,
+    )
 
 
 @pytest.fixture
@@ -93,7 +115,9 @@ def server_factory(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     """Starts servers with extra flags; every one started is stopped at teardown."""
     started: list[ServerProcess] = []
 
-    def make(*extra: str, db_path: Path | None = None, log_name: str = "server.log") -> ServerProcess:
+    def make(
+        *extra: str, db_path: Path | None = None, log_name: str = "server.log"
+    ) -> ServerProcess:
         proc = start_server(tmp_path, *extra, db_path=db_path, log_name=log_name)
         started.append(proc)
         return proc

@@ -57,8 +57,11 @@ def test_a_job_completed_twice_gets_a_4xx_the_second_time_and_nothing_changes(se
     http.ok("PUT", f"/jobs/{job}/start_job/0/{node}")
     http.ok("PUT", f"/jobs/{job}/start_job/0/{node}")  # idempotent for the same node
     http.ok("POST", f"/jobs/{job}/complete_job/completed/0", result_body(job, wid, node))
-    status, body = http.request("POST", f"/jobs/{job}/complete_job/failed/0",
-                                result_body(job, wid, node, return_code=3, status="failed"))
+    status, body = http.request(
+        "POST",
+        f"/jobs/{job}/complete_job/failed/0",
+        result_body(job, wid, node, return_code=3, status="failed"),
+    )
     assert status == 422 and "already completed" in body["errorMessage"]
     assert http.ok("GET", f"/jobs/{job}")["status"] == "completed"
     results = http.ok("GET", f"/results?workflow_id={wid}")
@@ -75,11 +78,18 @@ def test_a_batch_completion_stores_the_good_entries_and_refuses_the_bad_ones_alo
     http.ok("POST", f"/jobs/{twice}/complete_job/completed/0", result_body(twice, wid, node))
 
     def entry(job: int, node_id: int) -> dict:
-        return {"job_id": job, "run_id": 0, "status": "completed",
-                "result": result_body(job, wid, node_id)}
+        return {
+            "job_id": job,
+            "run_id": 0,
+            "status": "completed",
+            "result": result_body(job, wid, node_id),
+        }
 
-    answer = http.ok("POST", f"/workflows/{wid}/batch_complete_jobs", {"completions": [
-        entry(good, node), entry(twice, node), entry(bad_node, node + 999)]})
+    answer = http.ok(
+        "POST",
+        f"/workflows/{wid}/batch_complete_jobs",
+        {"completions": [entry(good, node), entry(twice, node), entry(bad_node, node + 999)]},
+    )
     assert answer["completed"] == [good]
     assert sorted(e["job_id"] for e in answer["errors"]) == [twice, bad_node]
     assert http.ok("GET", f"/jobs/{bad_node}")["status"] == "running"
@@ -120,18 +130,36 @@ def shared_server(tmp_path_factory):
         ("POST", "/workflows", [1, 2], 422),
         ("POST", "/bulk_jobs", {"jobs": [{"workflow_id": 999, "name": "a", "command": "x"}]}, 404),
         ("POST", "/bulk_jobs", {"jobs": [{"workflow_id": "{wid}", "name": "a"}]}, 422),
-        ("POST", "/bulk_jobs", {"jobs": [{"workflow_id": "{wid}", "name": "a", "command": "x",
-                                          "depends_on_job_ids": [424242]}]}, 422),
-        ("POST", "/resource_requirements", {"workflow_id": "{wid}", "name": "r", "memory": "lots"},
-         422),
+        (
+            "POST",
+            "/bulk_jobs",
+            {
+                "jobs": [
+                    {
+                        "workflow_id": "{wid}",
+                        "name": "a",
+                        "command": "x",
+                        "depends_on_job_ids": [424242],
+                    }
+                ]
+            },
+            422,
+        ),
+        (
+            "POST",
+            "/resource_requirements",
+            {"workflow_id": "{wid}", "name": "r", "memory": "lots"},
+            422,
+        ),
         ("GET", "/jobs?workflow_id={wid}&status=sleepy", None, 400),
         ("POST", "/workflows/{wid}/claim_jobs_based_on_resources/5", {"num_cpus": 1}, 422),
         ("DELETE", "/workflows/999", None, 404),
         ("GET", "/no/such/route", None, 404),
     ],
 )
-def test_bad_requests_get_a_4xx_json_error_and_never_a_5xx(shared_server, method, path, body,
-                                                           expected) -> None:
+def test_bad_requests_get_a_4xx_json_error_and_never_a_5xx(
+    shared_server, method, path, body, expected
+) -> None:
     http = Http(shared_server.url)
     wid, (job,) = _flat_workflow(http, 1)
     path = path.replace("{wid}", str(wid)).replace("{job}", str(job))
@@ -158,14 +186,18 @@ def _run_jobs(http: Http, wid: int, node: int, count: int) -> list[int]:
         assert got, "no ready job to run"
         for job in got:
             http.ok("PUT", f"/jobs/{job['id']}/start_job/0/{node}")
-            http.ok("POST", f"/jobs/{job['id']}/complete_job/completed/0",
-                    result_body(job["id"], wid, node))
+            http.ok(
+                "POST",
+                f"/jobs/{job['id']}/complete_job/completed/0",
+                result_body(job["id"], wid, node),
+            )
             done.append(job["id"])
     return done
 
 
 def test_sigkill_after_completions_then_restart_keeps_state_and_redoes_unblocking(
-        server_factory, tmp_path: Path) -> None:
+    server_factory, tmp_path: Path
+) -> None:
     first = server_factory("--unblock-delay", "30")
     http = Http(first.url)
     wid, stages, barriers = staged_workflow(http, 2, 20)
@@ -187,8 +219,9 @@ def test_sigkill_after_completions_then_restart_keeps_state_and_redoes_unblockin
     _run_jobs(http, wid, node, 1)
     assert http.ok("GET", f"/workflows/{wid}/is_complete")["is_complete"] is True
     with sqlite3.connect(second.db_path) as conn:
-        rows = conn.execute("SELECT COUNT(*), SUM(unblocking_processed) FROM job WHERE status = 5"
-                            ).fetchone()
+        rows = conn.execute(
+            "SELECT COUNT(*), SUM(unblocking_processed) FROM job WHERE status = 5"
+        ).fetchone()
     assert rows == (42, 42)
     assert "redoing unblocking" in second.log_text()
 
@@ -201,8 +234,9 @@ def test_a_write_blocked_by_another_process_is_retried_then_fails_with_503(serve
     blocker.execute("BEGIN IMMEDIATE")
     try:
         started = time.monotonic()
-        status, body = http.request("POST", "/bulk_jobs", {"jobs": [
-            {"workflow_id": wid, "name": "a", "command": "true"}]})
+        status, body = http.request(
+            "POST", "/bulk_jobs", {"jobs": [{"workflow_id": wid, "name": "a", "command": "true"}]}
+        )
         elapsed = time.monotonic() - started
     finally:
         blocker.execute("ROLLBACK")
@@ -210,7 +244,9 @@ def test_a_write_blocked_by_another_process_is_retried_then_fails_with_503(serve
     assert status == 503 and "locked" in body["errorMessage"]
     assert 0.9 <= elapsed < 10
     log = srv.log_text()
-    assert re.search(r" DEBUG torc_stress\.server\.writer database is locked, retrying .*attempt=", log)
+    assert re.search(
+        r" DEBUG torc_stress\.server\.writer database is locked, retrying .*attempt=", log
+    )
     assert re.search(r" ERROR torc_stress\.server\.writer database is locked ", log)
     # the lock is gone: the same write now succeeds and the metrics counted the trouble
     http.ok("POST", "/bulk_jobs", {"jobs": [{"workflow_id": wid, "name": "a", "command": "true"}]})
@@ -238,6 +274,7 @@ def test_a_write_blocked_briefly_by_another_process_succeeds_after_retries(serve
 
 def test_openapi_lists_every_route_and_metrics_has_the_documented_keys(server) -> None:
     from torc_stress.server.app import PREFIX
+
     http = Http(server.url)
     wid, _ = _flat_workflow(http, 3)
     document = http.ok("GET", "/openapi.json")
@@ -250,14 +287,35 @@ def test_openapi_lists_every_route_and_metrics_has_the_documented_keys(server) -
     assert document["servers"][0]["url"] == PREFIX
     metrics = http.ok("GET", "/metrics")
     assert metrics["schema"] == 1
-    assert set(metrics) >= {"server", "write_path", "transactions", "unblock", "requests",
-                            "lock_errors"}
-    assert set(metrics["server"]) >= {"version", "pid", "started_at", "uptime_s", "cpu_user_s",
-                                      "cpu_system_s", "rss_bytes", "peak_rss_bytes"}
+    assert set(metrics) >= {
+        "server",
+        "write_path",
+        "transactions",
+        "unblock",
+        "requests",
+        "lock_errors",
+    }
+    assert set(metrics["server"]) >= {
+        "version",
+        "pid",
+        "started_at",
+        "uptime_s",
+        "cpu_user_s",
+        "cpu_system_s",
+        "rss_bytes",
+        "peak_rss_bytes",
+    }
     summary = metrics["write_path"]["create_jobs"]["wait_ms"]
     assert set(summary) == {"count", "sum", "p50", "p90", "p99", "max"}
-    assert set(metrics["unblock"]) >= {"passes", "completions", "ready", "canceled", "batch_size",
-                                       "duration_ms", "hop_ms"}
+    assert set(metrics["unblock"]) >= {
+        "passes",
+        "completions",
+        "ready",
+        "canceled",
+        "batch_size",
+        "duration_ms",
+        "hop_ms",
+    }
     assert metrics["requests"]["POST /bulk_jobs"]["count"] == 1
     progress = http.ok("GET", f"/workflows/{wid}/progress")
     assert progress["total"] == 3 and progress["counts"] == {"ready": 3}
@@ -288,8 +346,11 @@ def test_the_final_metrics_file_counts_every_completion_up_to_the_stop(server) -
             break
         for job in jobs:
             http.ok("PUT", f"/jobs/{job['id']}/start_job/0/{node}")
-            http.ok("POST", f"/jobs/{job['id']}/complete_job/completed/0",
-                    result_body(job["id"], wid, node))
+            http.ok(
+                "POST",
+                f"/jobs/{job['id']}/complete_job/completed/0",
+                result_body(job["id"], wid, node),
+            )
             done += 1
     http.close()
     assert server.stop() == 0

@@ -27,9 +27,16 @@ pytestmark = pytest.mark.integration
 
 
 def _result(job_id: int, wid: int, node: int, rc: int, status: str) -> ResultModel:
-    return ResultModel(job_id=job_id, workflow_id=wid, run_id=0, compute_node_id=node,
-                       return_code=rc, exec_time_minutes=0.01,
-                       completion_time="2026-01-01T00:00:00.000Z", status=JobStatus(status))
+    return ResultModel(
+        job_id=job_id,
+        workflow_id=wid,
+        run_id=0,
+        compute_node_id=node,
+        return_code=rc,
+        exec_time_minutes=0.01,
+        completion_time="2026-01-01T00:00:00.000Z",
+        status=JobStatus(status),
+    )
 
 
 def test_the_torc_client_drives_a_workflow_from_creation_to_completion(server) -> None:
@@ -38,38 +45,81 @@ def test_the_torc_client_drives_a_workflow_from_creation_to_completion(server) -
         wf = workflows.create_workflow(WorkflowModel(name="lifecycle", user="tester"))
         wid = wf.id
         rr = ResourceRequirementsApi(client).create_resource_requirements(
-            ResourceRequirementsModel(workflow_id=wid, name="small", num_cpus=1, memory="1g",
-                                      runtime="PT5M"))
+            ResourceRequirementsModel(
+                workflow_id=wid, name="small", num_cpus=1, memory="1g", runtime="PT5M"
+            )
+        )
         assert ResourceRequirementsApi(client).get_resource_requirements(rr.id).memory == "1g"
-        first = jobs_api.create_jobs(JobsModel(jobs=[
-            JobModel(workflow_id=wid, name=f"a{i}", command="true", resource_requirements_id=rr.id)
-            for i in range(4)])).jobs
+        first = jobs_api.create_jobs(
+            JobsModel(
+                jobs=[
+                    JobModel(
+                        workflow_id=wid,
+                        name=f"a{i}",
+                        command="true",
+                        resource_requirements_id=rr.id,
+                    )
+                    for i in range(4)
+                ]
+            )
+        ).jobs
         a_ids = [j.id for j in first]
-        second = jobs_api.create_jobs(JobsModel(jobs=[
-            JobModel(workflow_id=wid, name="ok_child", command="true", depends_on_job_ids=a_ids[:2]),
-            JobModel(workflow_id=wid, name="doomed", command="true", depends_on_job_ids=[a_ids[3]]),
-        ])).jobs
-        grandchild = jobs_api.create_job(JobModel(workflow_id=wid, name="doomed_child",
-                                                  command="true",
-                                                  depends_on_job_ids=[second[1].id]))
+        second = jobs_api.create_jobs(
+            JobsModel(
+                jobs=[
+                    JobModel(
+                        workflow_id=wid,
+                        name="ok_child",
+                        command="true",
+                        depends_on_job_ids=a_ids[:2],
+                    ),
+                    JobModel(
+                        workflow_id=wid,
+                        name="doomed",
+                        command="true",
+                        depends_on_job_ids=[a_ids[3]],
+                    ),
+                ]
+            )
+        ).jobs
+        grandchild = jobs_api.create_job(
+            JobModel(
+                workflow_id=wid,
+                name="doomed_child",
+                command="true",
+                depends_on_job_ids=[second[1].id],
+            )
+        )
         assert workflows.is_workflow_uninitialized(wid).is_uninitialized
         workflows.initialize_jobs(wid)
         assert not workflows.is_workflow_uninitialized(wid).is_uninitialized
 
-        node = ComputeNodesApi(client).create_compute_node(ComputeNodeModel(
-            workflow_id=wid, hostname="h1", pid=1, start_time="2026-01-01T00:00:00Z", num_cpus=4,
-            memory_gb=8.0, num_gpus=0, num_nodes=1, compute_node_type="local"))
+        node = ComputeNodesApi(client).create_compute_node(
+            ComputeNodeModel(
+                workflow_id=wid,
+                hostname="h1",
+                pid=1,
+                start_time="2026-01-01T00:00:00Z",
+                num_cpus=4,
+                memory_gb=8.0,
+                num_gpus=0,
+                num_nodes=1,
+                compute_node_type="local",
+            )
+        )
         claimed = workflows.claim_next_jobs(wid, limit=2).jobs
         assert [j.id for j in claimed] == a_ids[:2]
         by_res = workflows.claim_jobs_based_on_resources(
-            wid, 10, ComputeNodesResources(num_cpus=4, memory_gb=8.0, num_gpus=0, num_nodes=1)).jobs
+            wid, 10, ComputeNodesResources(num_cpus=4, memory_gb=8.0, num_gpus=0, num_nodes=1)
+        ).jobs
         assert [j.id for j in by_res] == a_ids[2:]
         for job in claimed + by_res:
             started = jobs_api.start_job(job.id, 0, node.id)
             assert started.status == JobStatus.RUNNING
         for job_id in a_ids[:3]:
-            done = jobs_api.complete_job(job_id, "completed", 0, _result(job_id, wid, node.id, 0,
-                                                                         "completed"))
+            done = jobs_api.complete_job(
+                job_id, "completed", 0, _result(job_id, wid, node.id, 0, "completed")
+            )
             assert done.status == JobStatus.COMPLETED
         jobs_api.complete_job(a_ids[3], "failed", 0, _result(a_ids[3], wid, node.id, 1, "failed"))
 
@@ -80,7 +130,9 @@ def test_the_torc_client_drives_a_workflow_from_creation_to_completion(server) -
 
         (last,) = workflows.claim_next_jobs(wid).jobs
         jobs_api.start_job(last.id, 0, node.id)
-        jobs_api.complete_job(last.id, "completed", 0, _result(last.id, wid, node.id, 0, "completed"))
+        jobs_api.complete_job(
+            last.id, "completed", 0, _result(last.id, wid, node.id, 0, "completed")
+        )
         assert workflows.is_workflow_complete(wid).is_complete
         listed = jobs_api.list_jobs(workflow_id=wid, status=JobStatus.CANCELED)
         assert listed.total_count == 2

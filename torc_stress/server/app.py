@@ -137,8 +137,14 @@ async def json_object(request: Request, *, required: bool = True) -> dict[str, A
 
 def paged(items: list[Any], offset: int, total: int) -> dict[str, Any]:
     """torc's list envelope."""
-    return {"items": items, "offset": offset, "max_limit": MAX_LIMIT, "count": len(items),
-            "total_count": total, "has_more": offset + len(items) < total}
+    return {
+        "items": items,
+        "offset": offset,
+        "max_limit": MAX_LIMIT,
+        "count": len(items),
+        "total_count": total,
+        "has_more": offset + len(items) < total,
+    }
 
 
 def page_params(request: Request) -> tuple[int, int]:
@@ -156,7 +162,9 @@ def page_params(request: Request) -> tuple[int, int]:
 class Api:
     """The server's routes, bound to its state, writer and read pool."""
 
-    def __init__(self, state: ServerState, writer: Writer, reads: ReadPool, metrics: Metrics) -> None:
+    def __init__(
+        self, state: ServerState, writer: Writer, reads: ReadPool, metrics: Metrics
+    ) -> None:
         self.state = state
         self.writer = writer
         self.reads = reads
@@ -182,8 +190,12 @@ class Api:
             elapsed = (time.perf_counter() - started) * 1000
             record(key, elapsed, response.status_code >= 400)
             if debug:
-                logger.debug("request", extra={"torc_kv": {"route": key, "status": response.status_code,
-                                                           "ms": elapsed}})
+                logger.debug(
+                    "request",
+                    extra={
+                        "torc_kv": {"route": key, "status": response.status_code, "ms": elapsed}
+                    },
+                )
             return response
 
         return endpoint
@@ -236,14 +248,27 @@ class Api:
         add("GET", "/workflows/{id}/status", self.get_workflow_status, "workflow status summary")
         add("PUT", "/workflows/{id}/status", self.put_workflow_status, "set run_id/is_canceled")
         add("GET", "/workflows/{id}/is_complete", self.is_complete, "is the workflow complete")
-        add("GET", "/workflows/{id}/is_uninitialized", self.is_uninitialized, "all jobs uninitialized")
+        add(
+            "GET",
+            "/workflows/{id}/is_uninitialized",
+            self.is_uninitialized,
+            "all jobs uninitialized",
+        )
         add("GET", "/workflows/{id}/progress", self.progress, "counts per status and depth")
         add("POST", "/workflows/{id}/initialize_jobs", self.initialize_jobs, "initialize jobs")
         add("POST", "/workflows/{id}/claim_next_jobs", self.claim_next_jobs, "claim ready jobs")
-        add("POST", "/workflows/{id}/claim_jobs_based_on_resources/{limit}", self.claim_by_resources,
-            "claim ready jobs that fit the resources")
-        add("POST", "/workflows/{id}/batch_complete_jobs", self.batch_complete_jobs,
-            "complete several jobs")
+        add(
+            "POST",
+            "/workflows/{id}/claim_jobs_based_on_resources/{limit}",
+            self.claim_by_resources,
+            "claim ready jobs that fit the resources",
+        )
+        add(
+            "POST",
+            "/workflows/{id}/batch_complete_jobs",
+            self.batch_complete_jobs,
+            "complete several jobs",
+        )
         add("PUT", "/workflows/{id}/cancel", self.cancel_workflow, "cancel a workflow")
         add("POST", "/workflows/{id}/reset_status", self.reset_status, "reset workflow status")
         add("POST", "/workflows/{id}/reset_job_status", self.reset_job_status, "reset job statuses")
@@ -259,7 +284,9 @@ class Api:
         add("GET", "/jobs", self.list_jobs, "list jobs")
         add("GET", "/jobs/{id}", self.get_job, "get a job")
         add("PUT", "/jobs/{id}/start_job/{run_id}/{compute_node_id}", self.start_job, "start a job")
-        add("POST", "/jobs/{id}/complete_job/{status}/{run_id}", self.complete_job, "complete a job")
+        add(
+            "POST", "/jobs/{id}/complete_job/{status}/{run_id}", self.complete_job, "complete a job"
+        )
         add("POST", "/compute_nodes", self.create_compute_node, "register a compute node")
         add("GET", "/compute_nodes/{id}", self.get_compute_node, "get a compute node")
         add("PUT", "/compute_nodes/{id}", self.update_compute_node, "update a compute node")
@@ -271,8 +298,9 @@ class Api:
         return JsonResponse({"status": "ok"})
 
     async def version(self, request: Request) -> Response:
-        return JsonResponse({"version": __version__, "api_version": "0.21.0",
-                             "git_hash": "torc-stress"})
+        return JsonResponse(
+            {"version": __version__, "api_version": "0.21.0", "git_hash": "torc-stress"}
+        )
 
     async def get_metrics(self, request: Request) -> Response:
         return JsonResponse(self.metrics.document())
@@ -292,8 +320,11 @@ class Api:
         def run(conn: Any) -> dict[str, Any]:
             total = conn.execute("SELECT COUNT(*) FROM workflow").fetchone()[0]
             rows = conn.execute(
-                f"SELECT {WORKFLOW_COLUMNS} FROM workflow w JOIN workflow_status s ON s.id = w.status_id "
-                "ORDER BY w.id LIMIT ? OFFSET ?", (limit, offset)).fetchall()
+                f"SELECT {WORKFLOW_COLUMNS} FROM workflow w "
+                "JOIN workflow_status s ON s.id = w.status_id "
+                "ORDER BY w.id LIMIT ? OFFSET ?",
+                (limit, offset),
+            ).fetchall()
             return paged([workflow_row_to_model(r) for r in rows], offset, total)
 
         return JsonResponse(await self.read(run))
@@ -312,34 +343,52 @@ class Api:
         model = await self.read(ops._workflow_model, wid)
 
         def nodes(conn: Any) -> tuple[int, float]:
-            active = conn.execute("SELECT COUNT(*) FROM compute_node WHERE workflow_id = ? AND "
-                                  "is_active = 1", (wid,)).fetchone()[0]
-            exec_min = conn.execute("SELECT COALESCE(SUM(exec_time_minutes), 0) FROM result WHERE "
-                                    "workflow_id = ?", (wid,)).fetchone()[0]
+            active = conn.execute(
+                "SELECT COUNT(*) FROM compute_node WHERE workflow_id = ? AND is_active = 1", (wid,)
+            ).fetchone()[0]
+            exec_min = conn.execute(
+                "SELECT COALESCE(SUM(exec_time_minutes), 0) FROM result WHERE workflow_id = ?",
+                (wid,),
+            ).fetchone()[0]
             return active, exec_min
 
         active, exec_min = await self.read(nodes)
-        return JsonResponse({
-            "workflow_id": wid, "workflow_name": model["name"], "workflow_user": model["user"],
-            "is_canceled": snap.is_canceled, "is_complete": snap.is_complete,
-            "total_jobs": snap.total,
-            "jobs_by_status": {s.wire: snap.counts[s] for s in JobStatus},
-            "active_compute_nodes": active, "active_scheduled_nodes": 0,
-            "pending_scheduled_nodes": 0, "total_exec_time_minutes": exec_min,
-            "id": wid, "run_id": snap.run_id, "is_archived": False,
-            "has_detected_need_to_run_completion_script": False,
-        })
+        return JsonResponse(
+            {
+                "workflow_id": wid,
+                "workflow_name": model["name"],
+                "workflow_user": model["user"],
+                "is_canceled": snap.is_canceled,
+                "is_complete": snap.is_complete,
+                "total_jobs": snap.total,
+                "jobs_by_status": {s.wire: snap.counts[s] for s in JobStatus},
+                "active_compute_nodes": active,
+                "active_scheduled_nodes": 0,
+                "pending_scheduled_nodes": 0,
+                "total_exec_time_minutes": exec_min,
+                "id": wid,
+                "run_id": snap.run_id,
+                "is_archived": False,
+                "has_detected_need_to_run_completion_script": False,
+            }
+        )
 
     async def put_workflow_status(self, request: Request) -> Response:
         wid = path_int(request, "id")
         body = await json_object(request)
-        return JsonResponse(await self.write("update_workflow_status", ops.update_workflow_status,
-                                             wid, body))
+        return JsonResponse(
+            await self.write("update_workflow_status", ops.update_workflow_status, wid, body)
+        )
 
     async def is_complete(self, request: Request) -> Response:
         snap = self.snapshot(path_int(request, "id"))
-        return JsonResponse({"is_complete": snap.is_complete, "is_canceled": snap.is_canceled,
-                             "needs_to_run_completion_script": False})
+        return JsonResponse(
+            {
+                "is_complete": snap.is_complete,
+                "is_canceled": snap.is_canceled,
+                "needs_to_run_completion_script": False,
+            }
+        )
 
     async def is_uninitialized(self, request: Request) -> Response:
         snap = self.snapshot(path_int(request, "id"))
@@ -351,11 +400,18 @@ class Api:
         def named(counts: tuple[int, ...]) -> dict[str, int]:
             return {JobStatus(i).wire: n for i, n in enumerate(counts) if n}
 
-        return JsonResponse({
-            "workflow_id": snap.workflow_id, "total": snap.total, "counts": named(snap.counts),
-            "is_complete": snap.is_complete, "is_canceled": snap.is_canceled,
-            "by_depth": [{"depth": d, "total": t, "counts": named(c)} for d, t, c in snap.by_depth],
-        })
+        return JsonResponse(
+            {
+                "workflow_id": snap.workflow_id,
+                "total": snap.total,
+                "counts": named(snap.counts),
+                "is_complete": snap.is_complete,
+                "is_canceled": snap.is_canceled,
+                "by_depth": [
+                    {"depth": d, "total": t, "counts": named(c)} for d, t, c in snap.by_depth
+                ],
+            }
+        )
 
     async def initialize_jobs(self, request: Request) -> Response:
         wid = path_int(request, "id")
@@ -377,8 +433,9 @@ class Api:
         if limit < 0 or limit > MAX_LIMIT:
             raise ApiError(400, f"limit must be between 0 and {MAX_LIMIT}")
         body = await json_object(request)
-        return JsonResponse(await self.write("claim", ops.claim_jobs_based_on_resources, wid,
-                                             limit, body))
+        return JsonResponse(
+            await self.write("claim", ops.claim_jobs_based_on_resources, wid, limit, body)
+        )
 
     async def batch_complete_jobs(self, request: Request) -> Response:
         wid = path_int(request, "id")
@@ -386,8 +443,9 @@ class Api:
         entries = body.get("completions")
         if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
             raise ApiError(422, "'completions' must be a list of job completion entries")
-        return JsonResponse(await self.write("batch_complete_jobs", ops.batch_complete_jobs, wid,
-                                             entries))
+        return JsonResponse(
+            await self.write("batch_complete_jobs", ops.batch_complete_jobs, wid, entries)
+        )
 
     async def cancel_workflow(self, request: Request) -> Response:
         wid = path_int(request, "id")
@@ -401,8 +459,9 @@ class Api:
     async def reset_job_status(self, request: Request) -> Response:
         wid = path_int(request, "id")
         failed_only = query_bool(request, "failed_only", False)
-        return JsonResponse(await self.write("reset_job_status", ops.reset_job_status, wid,
-                                             failed_only))
+        return JsonResponse(
+            await self.write("reset_job_status", ops.reset_job_status, wid, failed_only)
+        )
 
     async def job_dependencies(self, request: Request) -> Response:
         wid = path_int(request, "id")
@@ -410,16 +469,26 @@ class Api:
         offset, limit = page_params(request)
 
         def run(conn: Any) -> dict[str, Any]:
-            total = conn.execute("SELECT COUNT(*) FROM job_depends_on WHERE workflow_id = ?",
-                                 (wid,)).fetchone()[0]
+            total = conn.execute(
+                "SELECT COUNT(*) FROM job_depends_on WHERE workflow_id = ?", (wid,)
+            ).fetchone()[0]
             rows = conn.execute(
                 "SELECT d.job_id, j.name, d.depends_on_job_id, u.name, d.workflow_id "
                 "FROM job_depends_on d JOIN job j ON j.id = d.job_id "
                 "JOIN job u ON u.id = d.depends_on_job_id WHERE d.workflow_id = ? "
                 "ORDER BY d.job_id, d.depends_on_job_id LIMIT ? OFFSET ?",
-                (wid, limit, offset)).fetchall()
-            items = [{"job_id": r[0], "job_name": r[1], "depends_on_job_id": r[2],
-                      "depends_on_job_name": r[3], "workflow_id": r[4]} for r in rows]
+                (wid, limit, offset),
+            ).fetchall()
+            items = [
+                {
+                    "job_id": r[0],
+                    "job_name": r[1],
+                    "depends_on_job_id": r[2],
+                    "depends_on_job_name": r[3],
+                    "workflow_id": r[4],
+                }
+                for r in rows
+            ]
             return paged(items, offset, total)
 
         return JsonResponse(await self.read(run))
@@ -438,8 +507,9 @@ class Api:
 
     async def create_rr(self, request: Request) -> Response:
         body = await json_object(request)
-        return JsonResponse(await self.write("create_resource_requirements",
-                                             ops.create_resource_requirements, body))
+        return JsonResponse(
+            await self.write("create_resource_requirements", ops.create_resource_requirements, body)
+        )
 
     async def get_rr(self, request: Request) -> Response:
         rr_id = path_int(request, "id")
@@ -478,19 +548,25 @@ class Api:
                 where.append("status = ?")
                 args.append(status)
             if upstream is not None:
-                where.append("id IN (SELECT job_id FROM job_depends_on WHERE depends_on_job_id = ?)")
+                where.append(
+                    "id IN (SELECT job_id FROM job_depends_on WHERE depends_on_job_id = ?)"
+                )
                 args.append(upstream)
             clause = f"WHERE {' AND '.join(where)}" if where else ""
             total = conn.execute(f"SELECT COUNT(*) FROM job {clause}", args).fetchone()[0]
-            rows = conn.execute(f"SELECT {JOB_COLUMNS} FROM job {clause} ORDER BY id LIMIT ? OFFSET ?",
-                                (*args, limit, offset)).fetchall()
+            rows = conn.execute(
+                f"SELECT {JOB_COLUMNS} FROM job {clause} ORDER BY id LIMIT ? OFFSET ?",
+                (*args, limit, offset),
+            ).fetchall()
             items = [job_row_to_model(r) for r in rows]
             if include and items:
                 deps: dict[int, list[int]] = {}
                 ids = [m["id"] for m in items]
                 for j, up in conn.execute(
-                        f"SELECT job_id, depends_on_job_id FROM job_depends_on WHERE job_id IN "
-                        f"({','.join('?' * len(ids))}) ORDER BY depends_on_job_id", ids):
+                    f"SELECT job_id, depends_on_job_id FROM job_depends_on WHERE job_id IN "
+                    f"({','.join('?' * len(ids))}) ORDER BY depends_on_job_id",
+                    ids,
+                ):
                     deps.setdefault(j, []).append(up)
                 for m in items:
                     if m["id"] in deps:
@@ -507,12 +583,18 @@ class Api:
             if row is None:
                 raise NotFoundError(404, f"job {jid} does not exist")
             model = job_row_to_model(row)
-            ups = [r[0] for r in conn.execute("SELECT depends_on_job_id FROM job_depends_on WHERE "
-                                              "job_id = ? ORDER BY 1", (jid,))]
+            ups = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT depends_on_job_id FROM job_depends_on WHERE job_id = ? ORDER BY 1",
+                    (jid,),
+                )
+            ]
             if ups:
                 model["depends_on_job_ids"] = ups
-            node = conn.execute("SELECT active_compute_node_id FROM job_internal WHERE job_id = ?",
-                                (jid,)).fetchone()
+            node = conn.execute(
+                "SELECT active_compute_node_id FROM job_internal WHERE job_id = ?", (jid,)
+            ).fetchone()
             if node and node[0] is not None:
                 model["compute_node_id"] = node[0]
             return model
@@ -530,8 +612,9 @@ class Api:
         status = status_param(request.path_params["status"], "status")
         run_id = path_int(request, "run_id")
         body = ops.validate_result(await json_body(request))
-        return JsonResponse(await self.write("complete_job", ops.complete_job, jid, status, run_id,
-                                             body))
+        return JsonResponse(
+            await self.write("complete_job", ops.complete_job, jid, status, run_id, body)
+        )
 
     async def create_compute_node(self, request: Request) -> Response:
         body = await json_object(request)
@@ -543,8 +626,9 @@ class Api:
     async def update_compute_node(self, request: Request) -> Response:
         nid = path_int(request, "id")
         body = await json_object(request)
-        return JsonResponse(await self.write("update_compute_node", ops.update_compute_node, nid,
-                                             body))
+        return JsonResponse(
+            await self.write("update_compute_node", ops.update_compute_node, nid, body)
+        )
 
     async def list_results(self, request: Request) -> Response:
         wid = query_int(request, "workflow_id")
@@ -558,8 +642,13 @@ class Api:
 
         def run(conn: Any) -> dict[str, Any]:
             where, args = [], []
-            for column, value in (("r.workflow_id", wid), ("r.job_id", jid), ("r.run_id", run_id),
-                                  ("r.return_code", rc), ("r.status", status)):
+            for column, value in (
+                ("r.workflow_id", wid),
+                ("r.job_id", jid),
+                ("r.run_id", run_id),
+                ("r.return_code", rc),
+                ("r.status", status),
+            ):
                 if value is not None:
                     where.append(f"{column} = ?")
                     args.append(value)
@@ -567,9 +656,11 @@ class Api:
                 where.append("r.id IN (SELECT result_id FROM workflow_result)")
             clause = f"WHERE {' AND '.join(where)}" if where else ""
             total = conn.execute(f"SELECT COUNT(*) FROM result r {clause}", args).fetchone()[0]
-            rows = conn.execute(f"SELECT {RESULT_COLUMNS} FROM result r JOIN job j ON j.id = r.job_id "
-                                f"{clause} ORDER BY r.id LIMIT ? OFFSET ?",
-                                (*args, limit, offset)).fetchall()
+            rows = conn.execute(
+                f"SELECT {RESULT_COLUMNS} FROM result r JOIN job j ON j.id = r.job_id "
+                f"{clause} ORDER BY r.id LIMIT ? OFFSET ?",
+                (*args, limit, offset),
+            ).fetchall()
             return paged([result_row_to_model(r) for r in rows], offset, total)
 
         return JsonResponse(await self.read(run))
@@ -589,10 +680,20 @@ class Api:
                 args.append(after)
             clause = f"WHERE {' AND '.join(where)}" if where else ""
             total = conn.execute(f"SELECT COUNT(*) FROM event {clause}", args).fetchone()[0]
-            rows = conn.execute(f"SELECT id, workflow_id, timestamp, data FROM event {clause} "
-                                "ORDER BY id LIMIT ? OFFSET ?", (*args, limit, offset)).fetchall()
-            items = [{"id": r[0], "workflow_id": r[1], "timestamp": r[2],
-                      "data": orjson.loads(r[3]) if r[3] else None} for r in rows]
+            rows = conn.execute(
+                f"SELECT id, workflow_id, timestamp, data FROM event {clause} "
+                "ORDER BY id LIMIT ? OFFSET ?",
+                (*args, limit, offset),
+            ).fetchall()
+            items = [
+                {
+                    "id": r[0],
+                    "workflow_id": r[1],
+                    "timestamp": r[2],
+                    "data": orjson.loads(r[3]) if r[3] else None,
+                }
+                for r in rows
+            ]
             return paged(items, offset, total)
 
         return JsonResponse(await self.read(run))
@@ -645,7 +746,7 @@ class HotRoutes:
         path = scope["path"]
         if not path.startswith(self._prefix) or scope["type"] != "http":
             return None
-        parts = path[self._cut:].split("/")
+        parts = path[self._cut :].split("/")
         route = self._match(scope["method"], parts)
         return None if route is None else (route, parts)
 
@@ -666,8 +767,9 @@ class HotRoutes:
                 return self._routes["batch"]
         return None
 
-    async def serve(self, route: tuple[str, Any, Any], parts: list[str], scope: Any, receive: Any,
-                    send: Any) -> None:
+    async def serve(
+        self, route: tuple[str, Any, Any], parts: list[str], scope: Any, receive: Any, send: Any
+    ) -> None:
         """Answers one hot-route request (errors become torc's JSON error bodies)."""
         key, stats, handler = route
         started = perf_counter()
@@ -677,23 +779,35 @@ class HotRoutes:
         except ApiError as exc:
             status = exc.status
             message = _api_message(exc)
-            payload = {"error": {"status": status, "message": message}, "errorMessage": message,
-                       "code": status}
+            payload = {
+                "error": {"status": status, "message": message},
+                "errorMessage": message,
+                "code": status,
+            }
         except Exception as exc:  # noqa: BLE001 - the catch-all: a logged 500 JSON body
             logger.exception("unexpected error", extra={"torc_kv": {"route": key}})
             status = 500
             message = f"internal error: {type(exc).__name__}: {exc}"
-            payload = {"error": {"status": status, "message": message}, "errorMessage": message,
-                       "code": status}
+            payload = {
+                "error": {"status": status, "message": message},
+                "errorMessage": message,
+                "code": status,
+            }
         body = orjson.dumps(payload)
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [_JSON_HEADER, (b"content-length", b"%d" % len(body))]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [_JSON_HEADER, (b"content-length", b"%d" % len(body))],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
         elapsed = (perf_counter() - started) * 1000
         stats.record(elapsed, status >= 400)
         if self._debug:
-            logger.debug("request", extra={"torc_kv": {"route": key, "status": status,
-                                                       "ms": elapsed}})
+            logger.debug(
+                "request", extra={"torc_kv": {"route": key, "status": status, "ms": elapsed}}
+            )
 
     @staticmethod
     async def _body(receive: Any) -> bytes:
@@ -729,8 +843,9 @@ class HotRoutes:
         run_id = _int_part(parts[4], "run_id")
         body = ops.validate_result(await self._json(receive))
         api = self.api
-        return await api.writer.submit("complete_job", ops.complete_job, api.state, jid, status,
-                                       run_id, body)
+        return await api.writer.submit(
+            "complete_job", ops.complete_job, api.state, jid, status, run_id, body
+        )
 
     async def _claim_next_jobs(self, parts: list[str], scope: Any, receive: Any) -> Any:
         wid = _int_part(parts[1], "id")
@@ -742,8 +857,9 @@ class HotRoutes:
                     try:
                         limit = int(value)
                     except ValueError:
-                        raise ApiError(400, "query parameter 'limit' must be an integer, "
-                                            f"got {value!r}") from None
+                        raise ApiError(
+                            400, f"query parameter 'limit' must be an integer, got {value!r}"
+                        ) from None
         if limit < 0 or limit > MAX_LIMIT:
             raise ApiError(400, f"limit must be between 0 and {MAX_LIMIT}")
         api = self.api
@@ -756,8 +872,11 @@ class HotRoutes:
 
     async def _is_complete(self, parts: list[str], scope: Any, receive: Any) -> Any:
         snap = self.api.snapshot(_int_part(parts[1], "id"))
-        return {"is_complete": snap.is_complete, "is_canceled": snap.is_canceled,
-                "needs_to_run_completion_script": False}
+        return {
+            "is_complete": snap.is_complete,
+            "is_canceled": snap.is_canceled,
+            "needs_to_run_completion_script": False,
+        }
 
     async def _batch_complete_jobs(self, parts: list[str], scope: Any, receive: Any) -> Any:
         wid = _int_part(parts[1], "id")
@@ -768,8 +887,9 @@ class HotRoutes:
         if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
             raise ApiError(422, "'completions' must be a list of job completion entries")
         api = self.api
-        return await api.writer.submit("batch_complete_jobs", ops.batch_complete_jobs, api.state,
-                                       wid, entries)
+        return await api.writer.submit(
+            "batch_complete_jobs", ops.batch_complete_jobs, api.state, wid, entries
+        )
 
 
 def _dispatch(methods: dict[str, Handler]) -> Handler:

@@ -32,7 +32,9 @@ class Histogram:
         self.sum += value
         if value > self.max:
             self.max = value
-        index = 0 if value <= _MIN_MS else int(math.log2(value / _MIN_MS) * _BUCKETS_PER_DOUBLING) + 1
+        index = (
+            0 if value <= _MIN_MS else int(math.log2(value / _MIN_MS) * _BUCKETS_PER_DOUBLING) + 1
+        )
         self._buckets[index] = self._buckets.get(index, 0) + 1
 
     def quantile(self, q: float) -> float:
@@ -161,7 +163,8 @@ class Metrics:
             lock_errors = self.lock_errors
         requests = {
             route: {"count": s.count, "errors": s.errors, "latency_ms": s.latency_ms.summary()}
-            for route, s in sorted(list(self.requests.items())) if s.count
+            for route, s in sorted(list(self.requests.items()))
+            if s.count
         }
         return {
             "schema": 1,

@@ -54,11 +54,20 @@ def utc_timestamp(now: float | None = None) -> str:
 class JobMem:
     """What the writer remembers about one job."""
 
-    __slots__ = ("workflow_id", "status", "depth", "cancel_flag", "rr_id", "node_id", "failed",
-                 "model")
+    __slots__ = (
+        "workflow_id",
+        "status",
+        "depth",
+        "cancel_flag",
+        "rr_id",
+        "node_id",
+        "failed",
+        "model",
+    )
 
-    def __init__(self, workflow_id: int, status: int, depth: int, cancel_flag: bool,
-                 rr_id: int | None) -> None:
+    def __init__(
+        self, workflow_id: int, status: int, depth: int, cancel_flag: bool, rr_id: int | None
+    ) -> None:
         self.workflow_id = workflow_id
         self.status = status
         self.depth = depth
@@ -110,7 +119,11 @@ class WorkflowMem:
     def snapshot(self) -> WorkflowSnapshot:
         """Copies the figures for readers."""
         return WorkflowSnapshot(
-            self.id, self.run_id, self.is_canceled, len(self.job_ids), tuple(self.counts),
+            self.id,
+            self.run_id,
+            self.is_canceled,
+            len(self.job_ids),
+            tuple(self.counts),
             tuple((d, sum(c), tuple(c)) for d, c in sorted(self.depth_counts.items())),
         )
 
@@ -244,7 +257,8 @@ class ServerState:
         self.tracker = DependencyTracker()
         self.pending_unblock = []
         for wid, run_id, canceled in conn.execute(
-            "SELECT w.id, s.run_id, s.is_canceled FROM workflow w JOIN workflow_status s ON s.id = w.status_id"
+            "SELECT w.id, s.run_id, s.is_canceled FROM workflow w "
+            "JOIN workflow_status s ON s.id = w.status_id"
         ):
             self.workflows[wid] = WorkflowMem(wid, run_id, bool(canceled))
         for row in conn.execute(f"SELECT {RR_COLUMNS} FROM resource_requirements"):
@@ -358,8 +372,13 @@ class ServerState:
             logger.log(
                 logging.INFO if ready or canceled or self.unblock_delay > 0 else logging.DEBUG,
                 "unblock pass",
-                extra=kv(workflow_id=wid, completed=completed, ready=ready, canceled=canceled,
-                         duration_ms=duration_ms),
+                extra=kv(
+                    workflow_id=wid,
+                    completed=completed,
+                    ready=ready,
+                    canceled=canceled,
+                    duration_ms=duration_ms,
+                ),
             )
 
     def op_unblock(self, conn: sqlite3.Connection) -> dict[str, Any]:

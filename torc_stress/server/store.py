@@ -282,14 +282,22 @@ def workflow_row_to_model(row: Any) -> dict[str, Any]:
     }
 
 
-RR_COLUMNS = "id, workflow_id, name, num_cpus, num_gpus, num_nodes, memory, runtime, memory_bytes, runtime_s"
+RR_COLUMNS = (
+    "id, workflow_id, name, num_cpus, num_gpus, num_nodes, memory, runtime, memory_bytes, runtime_s"
+)
 
 
 def rr_row_to_model(row: Any) -> dict[str, Any]:
     """Turns a ``resource_requirements`` row into a torc ``resource_requirements_model``."""
     return {
-        "id": row[0], "workflow_id": row[1], "name": row[2], "num_cpus": row[3],
-        "num_gpus": row[4], "num_nodes": row[5], "memory": row[6], "runtime": row[7],
+        "id": row[0],
+        "workflow_id": row[1],
+        "name": row[2],
+        "num_cpus": row[3],
+        "num_gpus": row[4],
+        "num_nodes": row[5],
+        "memory": row[6],
+        "runtime": row[7],
     }
 
 
@@ -302,11 +310,21 @@ CN_COLUMNS = (
 def cn_row_to_model(row: Any) -> dict[str, Any]:
     """Turns a ``compute_node`` row into a torc ``compute_node_model``."""
     return {
-        "id": row[0], "workflow_id": row[1], "hostname": row[2], "pid": row[3],
-        "start_time": row[4], "duration_seconds": row[5],
-        "is_active": None if row[6] is None else bool(row[6]), "num_cpus": row[7],
-        "memory_gb": row[8], "num_gpus": row[9], "num_nodes": row[10], "time_limit": row[11],
-        "scheduler_config_id": row[12], "compute_node_type": row[13], "scheduler": row[14],
+        "id": row[0],
+        "workflow_id": row[1],
+        "hostname": row[2],
+        "pid": row[3],
+        "start_time": row[4],
+        "duration_seconds": row[5],
+        "is_active": None if row[6] is None else bool(row[6]),
+        "num_cpus": row[7],
+        "memory_gb": row[8],
+        "num_gpus": row[9],
+        "num_nodes": row[10],
+        "time_limit": row[11],
+        "scheduler_config_id": row[12],
+        "compute_node_type": row[13],
+        "scheduler": row[14],
     }
 
 
@@ -320,9 +338,19 @@ RESULT_COLUMNS = (
 def result_row_to_model(row: Any) -> dict[str, Any]:
     """Turns a ``result JOIN job`` row into a torc ``result_model``."""
     return {
-        "id": row[0], "workflow_id": row[1], "job_id": row[2], "run_id": row[3],
-        "attempt_id": row[4], "compute_node_id": row[5], "return_code": row[6],
-        "exec_time_minutes": row[7], "completion_time": row[8], "status": JobStatus(row[9]).wire,
-        "peak_memory_bytes": row[10], "avg_memory_bytes": row[11], "peak_cpu_percent": row[12],
-        "avg_cpu_percent": row[13], "job_name": row[14],
+        "id": row[0],
+        "workflow_id": row[1],
+        "job_id": row[2],
+        "run_id": row[3],
+        "attempt_id": row[4],
+        "compute_node_id": row[5],
+        "return_code": row[6],
+        "exec_time_minutes": row[7],
+        "completion_time": row[8],
+        "status": JobStatus(row[9]).wire,
+        "peak_memory_bytes": row[10],
+        "avg_memory_bytes": row[11],
+        "peak_cpu_percent": row[12],
+        "avg_cpu_percent": row[13],
+        "job_name": row[14],
     }

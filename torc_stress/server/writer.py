@@ -172,7 +172,7 @@ class Writer:
             return
         self._pending = []
         for start in range(0, len(batch), MAX_BATCH):
-            chunk = batch[start:start + MAX_BATCH]
+            chunk = batch[start : start + MAX_BATCH]
             state = self._attempt_batch(chunk)
             if state == "busy":
                 # keep the order: the blocked ops go first, then whatever else is queued
@@ -187,7 +187,7 @@ class Writer:
     def _run_now(self, batch: list[Op], timeout: float = 60.0) -> None:
         """Runs ops on the calling thread, sleeping between lock retries."""
         for start in range(0, len(batch), MAX_BATCH):
-            chunk = batch[start:start + MAX_BATCH]
+            chunk = batch[start : start + MAX_BATCH]
             while self._attempt_batch(chunk) == "busy":
                 time.sleep(min(0.25, 0.002 * 2 ** min(self._attempt, 8)) * random.uniform(0.5, 1.5))
             self._resolve(chunk)
@@ -284,7 +284,9 @@ class Writer:
                 conn.execute("RELEASE op")
                 hooks.rollback_op()
                 op.error = ApiError(500, f"internal error in {op.kind}: {exc}")
-            timings.append((op.kind, (op_start - op.enqueued) * 1000, (time.perf_counter() - op_start) * 1000))
+            timings.append(
+                (op.kind, (op_start - op.enqueued) * 1000, (time.perf_counter() - op_start) * 1000)
+            )
         try:
             hooks.end_of_batch(conn)
             conn.execute("COMMIT")
@@ -352,7 +354,7 @@ def _resolve_on_loop(ops: list[Op]) -> None:
 
 
 def open_writer(path: Path) -> sqlite3.Connection:
-    """Opens the writer's connection (see :func:`torc_stress.server.store.open_writer_connection`)."""
+    """Opens the writer's connection (see ``store.open_writer_connection``)."""
     from torc_stress.server.store import open_writer_connection
 
     return open_writer_connection(path)
