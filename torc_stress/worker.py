@@ -308,7 +308,7 @@ class Worker:
         self._reports_cv = threading.Condition()
         self._reporter_done = False
         self._abandon = threading.Event()
-        self._refused: set[int] = set()
+        self._refused: deque[int] = deque()  # appended by the reporter, popped by main
         self._thread_error: StressError | None = None
         self._threads: list[threading.Thread] = []
 
@@ -542,9 +542,8 @@ class Worker:
 
     def _kill_refused(self) -> None:
         """Kills running jobs the server refused to mark started (their workflow moved on)."""
-        refused, self._refused = self._refused, set()
-        for job_id in refused:
-            running = self.running.get(job_id)
+        while self._refused:
+            running = self.running.get(self._refused.popleft())
             if running is not None and not running.killed:
                 running.killed = True
                 with contextlib.suppress(ProcessLookupError):
@@ -676,7 +675,7 @@ class Worker:
             if outcome != "retry":
                 log.warning("job not started; killing it",
                             extra=kv(job_id=report.job_id, error=str(exc)))
-                self._refused.add(report.job_id)
+                self._refused.append(report.job_id)
                 self._wake_main()
                 return True
             report.failed_before = True

@@ -253,3 +253,25 @@ def test_a_worker_never_holds_more_than_its_slots_and_prefetch(tmp_path: Path) -
     assert {j["status"] for j in server.jobs.values()} == {"completed"}
     assert 0 < most <= 2 + 3
     assert sorted(server.completion_calls) == list(range(1, 31))
+
+
+def test_a_job_the_server_refuses_to_start_is_killed_and_not_reported_completed(
+        tmp_path: Path) -> None:
+    server = FakeServer({1: {"id": 1, "name": "refused", "command": "sleep 30"},
+                         2: {"id": 2, "name": "fine", "command": "echo ok"}})
+    start = server.start_job
+
+    def refusing_start(job_id: int, run_id: int, node_id: int) -> dict[str, Any]:
+        if job_id == 1:
+            server.jobs[1]["status"] = "canceled"
+            raise ConflictError(422, "job 1 is canceled, not pending")
+        return start(job_id, run_id, node_id)
+
+    server.start_job = refusing_start  # type: ignore[method-assign]
+    started = time.monotonic()
+    code, worker = run_worker(server, tmp_path)
+    assert code == 0
+    assert time.monotonic() - started < 10
+    assert server.jobs[1]["status"] == "canceled"
+    assert server.jobs[2]["status"] == "completed"
+    assert worker.jobs_failed == 1  # the killed job counts as terminated, not completed
