@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import orjson
-from tabulate import tabulate
 
 from torc_stress.client import DEFAULT_URL, TorcClient
 from torc_stress.errors import ConfigError, StressError
@@ -176,6 +175,10 @@ def _emit_json(stream: TextIO, doc: Any) -> None:
 
 
 def _emit_table(stream: TextIO, rows: list[list[Any]], headers: list[str]) -> None:
+    # NOTE: imported here: every worker process starts through this module and never prints a
+    # table, and tabulate's import is most of the CLI's start-up CPU.
+    from tabulate import tabulate
+
     stream.write(tabulate(rows, headers=headers) + "\n")
 
 
