@@ -60,9 +60,9 @@ def _print_recap(name: str, result: Any) -> None:
 
 
 def format_progress(snap: Any) -> str:
-    """One progress line: jobs done, the current depth (stage or barrier), the rate."""
+    """One progress line: jobs done, the current stage (or barrier), the rate."""
     depth = snap.current_depth
-    where = f"depth {depth.depth}: {depth.done}/{depth.total}" if depth else "all depths done"
+    where = f"{depth.name}: {depth.done}/{depth.total}" if depth else "all stages done"
     return (f"[{snap.elapsed_s:7.1f}s] done {snap.done}/{snap.total} ({snap.fraction:6.1%})  "
             f"{where}  rate {snap.rate:7.1f}/s (avg {snap.average_rate:.1f}/s)")
 

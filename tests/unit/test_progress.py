@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from torc_stress.cluster.progress import ProgressTracker, count_done, snapshot
+import pytest
+
+from torc_stress.cluster.progress import ProgressTracker, count_done, depth_labels, snapshot
 
 
 def doc(counts: dict[str, int], depths: list[tuple[int, int, dict[str, int]]]) -> dict:
@@ -45,3 +47,24 @@ def test_stalled_for_counts_from_the_last_change_of_the_done_count() -> None:
     tracker.update(doc({"completed": 2}, []), 5.0)
     assert tracker.stalled_for(6.0) == 4.0
 
+
+
+@pytest.mark.parametrize(("levels", "expected"), [
+    ([["stage1_0000", "stage1_0001"], ["barrier_stage1_complete"]],
+     {0: "stage1", 1: "barrier_stage1_complete"}),
+    ([["stage10_0998", "stage10_0999"]], {0: "stage10"}),
+    ([["job0", "job9"]], {0: "job"}),
+    ([["alpha", "beta"]], {}),
+], ids=["stage-and-barrier", "two-digit-stage", "bare-numbers", "nothing-shared"])
+def test_depths_are_named_by_their_jobs_shared_prefix(
+    levels: list[list[str]], expected: dict[int, str]
+) -> None:
+    assert depth_labels(levels) == expected
+
+
+def test_a_progress_line_names_the_stage_not_the_depth() -> None:
+    tracker = ProgressTracker(labels={0: "stage1"})
+    snap = tracker.update({"total": 2, "counts": {"completed": 1, "ready": 1},
+                           "by_depth": [{"depth": 0, "total": 2,
+                                         "counts": {"completed": 1, "ready": 1}}]}, 1.0)
+    assert snap.current_depth is not None and snap.current_depth.name == "stage1"

@@ -8,6 +8,8 @@ stage and its barrier are two depths), and the completion rate. Printing is done
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +27,12 @@ class DepthProgress:
     depth: int
     total: int
     done: int
+    label: str = ""
+
+    @property
+    def name(self) -> str:
+        """What to call this depth: its label (``stage2``), else ``depth N``."""
+        return self.label or f"depth {self.depth}"
 
     @property
     def complete(self) -> bool:
@@ -76,24 +84,51 @@ def count_done(counts: Mapping[str, int]) -> int:
     return sum(int(n) for name, n in counts.items() if name in DONE_NAMES)
 
 
-def parse_depths(by_depth: Sequence[Mapping[str, Any]]) -> tuple[DepthProgress, ...]:
+def depth_labels(levels: Sequence[Sequence[str]]) -> dict[int, str]:
+    """Names the dependency depths of a workflow plan for progress lines.
+
+    Args:
+        levels: job names per depth (``WorkflowPlan.levels``).
+
+    Returns:
+        ``{depth: label}``: a lone job's name (``barrier_stage1_complete``), or the common prefix
+        of the names without a trailing number part (``stage1_0000..stage1_0999`` -> ``stage1``);
+        depths whose names share nothing are left out.
+    """
+    labels: dict[int, str] = {}
+    for depth, names in enumerate(levels):
+        if len(names) == 1:
+            labels[depth] = names[0]
+            continue
+        prefix = re.sub(r"[_\-.]?\d*$", "", os.path.commonprefix(list(names)))
+        if prefix:
+            labels[depth] = prefix
+    return labels
+
+
+def parse_depths(by_depth: Sequence[Mapping[str, Any]],
+                 labels: Mapping[int, str] | None = None) -> tuple[DepthProgress, ...]:
     """Per-depth progress from the ``by_depth`` list of the progress document."""
+    labels = labels or {}
     depths = [
         DepthProgress(depth=int(d["depth"]), total=int(d["total"]),
-                      done=count_done(d.get("counts") or {}))
+                      done=count_done(d.get("counts") or {}),
+                      label=labels.get(int(d["depth"]), ""))
         for d in by_depth
     ]
     return tuple(sorted(depths, key=lambda d: d.depth))
 
 
 def snapshot(document: Mapping[str, Any], elapsed_s: float,
-             previous: ProgressSnapshot | None = None) -> ProgressSnapshot:
+             previous: ProgressSnapshot | None = None,
+             labels: Mapping[int, str] | None = None) -> ProgressSnapshot:
     """Builds a snapshot from one progress document.
 
     Args:
         document: the answer of ``GET /workflows/{id}/progress``.
         elapsed_s: seconds since the workflow was started.
         previous: the previous snapshot, for the current rate.
+        labels: names of the depths (see :func:`depth_labels`).
 
     Returns:
         The snapshot.
@@ -108,7 +143,7 @@ def snapshot(document: Mapping[str, Any], elapsed_s: float,
         total=int(document.get("total") or 0),
         done=done,
         counts=counts,
-        depths=parse_depths(document.get("by_depth") or []),
+        depths=parse_depths(document.get("by_depth") or [], labels),
         rate=rate,
         average_rate=done / elapsed_s if elapsed_s > 0 else 0.0,
     )
@@ -118,12 +153,13 @@ def snapshot(document: Mapping[str, Any], elapsed_s: float,
 class ProgressTracker:
     """Keeps the previous snapshot so each new one carries the current rate."""
 
+    labels: Mapping[int, str] = field(default_factory=dict)
     history: list[ProgressSnapshot] = field(default_factory=list)
 
     def update(self, document: Mapping[str, Any], elapsed_s: float) -> ProgressSnapshot:
         """Records one progress document and returns its snapshot."""
         previous = self.history[-1] if self.history else None
-        snap = snapshot(document, elapsed_s, previous)
+        snap = snapshot(document, elapsed_s, previous, self.labels)
         self.history.append(snap)
         return snap
 

@@ -53,7 +53,7 @@ from torc_stress.cluster.harness import (
     server_url,
 )
 from torc_stress.cluster.inventory import Host
-from torc_stress.cluster.progress import ProgressSnapshot, ProgressTracker
+from torc_stress.cluster.progress import ProgressSnapshot, ProgressTracker, depth_labels
 from torc_stress.cluster.settings import RunSettings
 from torc_stress.cluster.transport import ConnectionCache
 from torc_stress.errors import ServerUnavailable, StressError
@@ -172,7 +172,7 @@ class _ClusterRun(Harness):
         self.outcome.total_jobs = len(self.plan.jobs)
         self.started_hosts = False
         self.url: str | None = None
-        self.tracker = ProgressTracker()
+        self.tracker = ProgressTracker(labels=depth_labels(self.plan.levels))
         # NOTE: the token goes to the hosts only as file content; it is not in run.json or logs.
         self.token = secrets.token_urlsafe(24) if settings.require_token else None
         if self.token:
