@@ -597,16 +597,7 @@ def claim_next_jobs(
     wf = st.workflow(workflow_id)
     if wf.is_canceled or limit <= 0:
         return {"jobs": []}
-    taken = _pop_ready(st, wf, lambda j, jm: True, limit)
-    try:
-        models = _mark_claimed(conn, st, taken)
-    except BaseException:
-        for j in taken:
-            heapq.heappush(wf.ready, j)
-        raise
-    for j in taken:
-        st._set_status(j, st.jobs[j], 3)
-    return {"jobs": models}
+    return _claim(conn, st, wf, lambda j, jm: True, limit)
 
 
 def claim_jobs_based_on_resources(
@@ -656,6 +647,16 @@ def claim_jobs_based_on_resources(
         return True
 
     del sched  # no scheduler configs in this server: every job matches
+    return _claim(conn, st, wf, accept, limit)
+
+
+def _claim(
+    conn: sqlite3.Connection, st: ServerState, wf: WorkflowMem, accept: Any, limit: int
+) -> dict[str, Any]:
+    """Takes up to ``limit`` accepted ready jobs and marks them pending (claimed).
+
+    If writing the claim fails, the jobs go back to the workflow's ready queue.
+    """
     taken = _pop_ready(st, wf, accept, limit)
     try:
         models = _mark_claimed(conn, st, taken)
