@@ -208,6 +208,7 @@ def _ssh_server(key: paramiko.PKey):  # type: ignore[no-untyped-def]
             transport.start_server(server=paramiko.ServerInterface())
             transport.accept(timeout=3)
         transport.close()
+        transport.join(5)  # NOTE: a thread left running logs into pytest's closed streams
     return handle
 
 
@@ -379,6 +380,7 @@ def ssh_server(tmp_path: Path, host_keys: tuple[paramiko.PKey, paramiko.PKey]
         finally:
             for transport in transports:
                 transport.close()
+                transport.join(5)  # NOTE: a thread left running logs into closed streams
             for proc in procs:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
