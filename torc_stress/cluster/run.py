@@ -172,6 +172,7 @@ class _ClusterRun(Harness):
         self.outcome.total_jobs = len(self.plan.jobs)
         self.started_hosts = False
         self.url: str | None = None
+        self.workers_started: float | None = None
         self.tracker = ProgressTracker(labels=depth_labels(self.plan.levels))
         # NOTE: the token goes to the hosts only as file content; it is not in run.json or logs.
         self.token = secrets.token_urlsafe(24) if settings.require_token else None
@@ -246,13 +247,16 @@ class _ClusterRun(Harness):
         return workflow_id
 
     def start_workers(self, connections: ConnectionCache, workflow_id: int) -> None:
+        # NOTE: progress and the deadline count from here: over SSH the first workers are
+        # already running jobs before the playbook returns.
+        self.workers_started = time.monotonic()
         self.timed("start_workers", "start_workers", connections,
                    server_url=self.url, workflow_id=workflow_id)
 
     def watch(self, client: TorcClient, workflow_id: int) -> str:
         """Polls progress until complete or the deadline; returns the outcome."""
         self.clock.begin("run")
-        started = time.monotonic()
+        started = self.workers_started or time.monotonic()
         deadline = started + self.settings.deadline_s
         failures_since: float | None = None
         try:
