@@ -1,0 +1,452 @@
+"""Write operations on jobs: bulk create, claims, start, complete, batch complete."""
+
+from __future__ import annotations
+
+import heapq
+import sqlite3
+import time
+from typing import Any
+
+from torc_stress.errors import ApiError, ConflictError
+from torc_stress.server.ops_common import (
+    _COMPLETION_TARGETS,
+    _bad,
+    _get,
+    _job_model,
+    _row_id,
+)
+from torc_stress.server.state import (
+    _DONE_INTS,
+    _FAILURE_INTS,
+    MAX_BULK_JOBS,
+    JobMem,
+    ServerState,
+    WorkflowMem,
+    utc_timestamp,
+)
+from torc_stress.server.store import (
+    JOB_COLUMNS,
+    duration_seconds,
+    job_row_to_model,
+)
+from torc_stress.statuses import JobStatus
+
+
+# -- jobs --------------------------------------------------------------------------------------
+def create_jobs(conn: sqlite3.Connection, st: ServerState, jobs: list[Any]) -> dict[str, Any]:
+    """POST /bulk_jobs: inserts jobs (status uninitialized) with their dependencies and depth."""
+    if not isinstance(jobs, list) or not jobs:
+        raise _bad("'jobs' must be a non-empty list of job models")
+    if len(jobs) > MAX_BULK_JOBS:
+        raise _bad(f"at most {MAX_BULK_JOBS} jobs per request, got {len(jobs)}; split the request")
+    prepared = []
+    wid = None
+    for index, job in enumerate(jobs):
+        if not isinstance(job, dict):
+            raise _bad(f"jobs[{index}] must be an object")
+        job_wid = _get(job, "workflow_id", int, required=True)
+        if wid is None:
+            wid = job_wid
+            wf = st.workflow(wid)
+        elif job_wid != wid:
+            raise _bad("all jobs of one request must belong to the same workflow")
+        name = _get(job, "name", str, required=True)
+        command = _get(job, "command", str, required=True)
+        rr_id = _get(job, "resource_requirements_id", int, wf.default_rr)
+        if rr_id is not None and (rr_id not in st.rr or st.rr[rr_id][0] != wid):
+            raise _bad(f"job {name!r}: resource_requirements_id {rr_id} is not in workflow {wid}")
+        ups = _get(job, "depends_on_job_ids", list, [])
+        depth = 0
+        for up in ups:
+            um = st.jobs.get(up) if isinstance(up, int) and not isinstance(up, bool) else None
+            if um is None or um.workflow_id != wid:
+                raise _bad(
+                    f"job {name!r}: depends_on_job_ids has {up!r}, not a job of workflow {wid}"
+                )
+            depth = max(depth, um.depth + 1)
+        cancel = _get(job, "cancel_on_blocking_job_failure", bool, True)
+        prepared.append(
+            (
+                name,
+                command,
+                rr_id,
+                _get(job, "invocation_script", str),
+                cancel,
+                _get(job, "supports_termination", bool, False),
+                _get(job, "scheduler_id", int),
+                _get(job, "failure_handler_id", int),
+                _get(job, "attempt_id", int, 1),
+                depth,
+                sorted(set(ups)),
+            )
+        )
+    assert wid is not None
+    out = []
+    new_mem = []
+    insert = (
+        "INSERT INTO job (workflow_id, name, command, status, resource_requirements_id, "
+        "invocation_script, cancel_on_blocking_job_failure, supports_termination, "
+        "scheduler_id, failure_handler_id, attempt_id, depth) VALUES (?,?,?,0,?,?,?,?,?,?,?,?)"
+    )
+    edges: list[tuple[int, int, int]] = []
+    for name, command, rr_id, script, cancel, term, sched, fh, attempt, depth, ups in prepared:
+        jid = _row_id(
+            conn.execute(
+                insert,
+                (
+                    wid,
+                    name,
+                    command,
+                    rr_id,
+                    script,
+                    int(cancel),
+                    int(term),
+                    sched,
+                    fh,
+                    attempt,
+                    depth,
+                ),
+            )
+        )
+        edges.extend((jid, up, wid) for up in ups)
+        model = {
+            "id": jid,
+            "workflow_id": wid,
+            "name": name,
+            "command": command,
+            "status": "uninitialized",
+            "resource_requirements_id": rr_id,
+            "invocation_script": script,
+            "cancel_on_blocking_job_failure": cancel,
+            "supports_termination": term,
+            "scheduler_id": sched,
+            "failure_handler_id": fh,
+            "attempt_id": attempt,
+        }
+        if ups:
+            model["depends_on_job_ids"] = ups
+        out.append(model)
+        new_mem.append((jid, JobMem(wid, 0, depth, cancel, rr_id)))
+    conn.executemany("INSERT INTO job_internal (job_id) VALUES (?)", [(j,) for j, _ in new_mem])
+    conn.executemany(
+        "INSERT INTO job_depends_on (job_id, depends_on_job_id, workflow_id) VALUES (?,?,?)", edges
+    )
+    for jid, jm in new_mem:
+        st._add_job(jid, jm)
+    for jid, up, _ in edges:
+        st.tracker.add_edge(jid, up)
+    return {"jobs": out}
+
+
+# -- claims ------------------------------------------------------------------------------------
+def _mark_claimed(
+    conn: sqlite3.Connection, st: ServerState, ids: list[int]
+) -> list[dict[str, Any]]:
+    if not ids:
+        return []
+    now = time.time()
+    conn.executemany(
+        "UPDATE job SET status = 3, claim_time = ? WHERE id = ?", [(now, j) for j in ids]
+    )
+    rows = conn.execute(
+        f"SELECT {JOB_COLUMNS} FROM job WHERE id IN ({','.join('?' * len(ids))}) ORDER BY id", ids
+    ).fetchall()
+    jobs = st.jobs
+    out = []
+    for row in rows:
+        model = job_row_to_model(row)
+        jobs[row[0]].model = model
+        if "invocation_script" in model:  # a claim's reply leaves the script out
+            model = dict(model)
+            del model["invocation_script"]
+        out.append(model)
+    return out
+
+
+def _pop_ready(st: ServerState, wf: WorkflowMem, accept: Any, limit: int) -> list[int]:
+    taken: list[int] = []
+    skipped: list[int] = []
+    jobs = st.jobs
+    heap = wf.ready
+    while heap and len(taken) < limit:
+        j = heapq.heappop(heap)
+        jm = jobs.get(j)
+        if jm is None or jm.status != 2 or j in taken:
+            continue
+        verdict = accept(j, jm)
+        if verdict is None:  # resources exhausted: stop scanning
+            skipped.append(j)
+            break
+        if verdict:
+            taken.append(j)
+        else:
+            skipped.append(j)
+        if len(skipped) > 10000:
+            break
+    for j in skipped:
+        heapq.heappush(heap, j)
+    return taken
+
+
+def claim_next_jobs(
+    conn: sqlite3.Connection, st: ServerState, workflow_id: int, limit: int
+) -> dict[str, Any]:
+    """POST /workflows/{id}/claim_next_jobs: up to ``limit`` ready jobs, ascending id."""
+    wf = st.workflow(workflow_id)
+    if wf.is_canceled or limit <= 0:
+        return {"jobs": []}
+    return _claim(conn, st, wf, lambda j, jm: True, limit)
+
+
+def claim_jobs_based_on_resources(
+    conn: sqlite3.Connection, st: ServerState, workflow_id: int, limit: int, res: dict[str, Any]
+) -> dict[str, Any]:
+    """POST /workflows/{id}/claim_jobs_based_on_resources/{limit}: greedy packing as torc."""
+    wf = st.workflow(workflow_id)
+    cpus = _get(res, "num_cpus", int, required=True)
+    mem = _get(res, "memory_gb", (int, float), required=True)
+    gpus = _get(res, "num_gpus", int, required=True)
+    nodes = _get(res, "num_nodes", int, required=True)
+    time_limit = _get(res, "time_limit", str)
+    sched = _get(res, "scheduler_config_id", int)
+    try:
+        limit_s = duration_seconds(time_limit) if time_limit else 2**62
+    except ValueError as exc:
+        raise _bad(str(exc)) from None
+    if wf.is_canceled:
+        return {"jobs": [], "reason": "Workflow is canceled"}
+    if limit <= 0:
+        return {"jobs": []}
+    left = {"cpus": cpus, "mem": int(mem * 1024**3), "gpus": gpus, "nodes": nodes}
+    rr = st.rr
+
+    def accept(j: int, jm: JobMem) -> bool | None:
+        if left["cpus"] <= 0 and left["mem"] <= 0:
+            return None
+        r = rr.get(jm.rr_id) if jm.rr_id is not None else None
+        need_cpus, need_gpus, need_nodes, need_mem, need_s = (
+            (r[1], r[2], r[3], r[4], r[5]) if r else (1, 0, 1, 0, 0)
+        )
+        if (
+            need_cpus > left["cpus"]
+            or need_gpus > left["gpus"]
+            or need_mem > left["mem"]
+            or need_nodes > nodes
+            or need_s > limit_s
+        ):
+            return False
+        if need_nodes > 1 and need_nodes > left["nodes"]:
+            return False
+        left["cpus"] -= need_cpus
+        left["gpus"] -= need_gpus
+        left["mem"] -= need_mem
+        if need_nodes > 1:
+            left["nodes"] -= need_nodes
+        return True
+
+    del sched  # no scheduler configs in this server: every job matches
+    return _claim(conn, st, wf, accept, limit)
+
+
+def _claim(
+    conn: sqlite3.Connection, st: ServerState, wf: WorkflowMem, accept: Any, limit: int
+) -> dict[str, Any]:
+    """Takes up to ``limit`` accepted ready jobs and marks them pending (claimed).
+
+    If writing the claim fails, the jobs go back to the workflow's ready queue.
+    """
+    taken = _pop_ready(st, wf, accept, limit)
+    try:
+        models = _mark_claimed(conn, st, taken)
+    except BaseException:
+        for j in taken:
+            heapq.heappush(wf.ready, j)
+        raise
+    for j in taken:
+        st._set_status(j, st.jobs[j], 3)
+    return {"jobs": models}
+
+
+# -- run ---------------------------------------------------------------------------------------
+def start_job(
+    conn: sqlite3.Connection, st: ServerState, job_id: int, run_id: int, node_id: int
+) -> dict[str, Any]:
+    """PUT /jobs/{id}/start_job/{run_id}/{compute_node_id}: pending -> running (idempotent)."""
+    jm = st.job(job_id)
+    wf = st.workflows[jm.workflow_id]
+    if run_id != wf.run_id:
+        raise ConflictError(
+            422, f"run_id {run_id} does not match workflow {wf.id}'s run_id {wf.run_id}"
+        )
+    if jm.status == 4 and jm.node_id == node_id:
+        return _job_model(conn, st, job_id, compute_node_id=node_id)
+    if jm.status != 3:
+        raise ConflictError(
+            422,
+            f"job {job_id} is {JobStatus(jm.status).wire}, not pending; "
+            "only a claimed job can start",
+        )
+    now = time.time()
+    conn.execute("UPDATE job SET status = 4, start_time = ? WHERE id = ?", (now, job_id))
+    conn.execute(
+        "UPDATE job_internal SET active_compute_node_id = ? WHERE job_id = ?", (node_id, job_id)
+    )
+    st._set_status(job_id, jm, 4)
+    jm.node_id = node_id
+    return _job_model(conn, st, job_id, compute_node_id=node_id, start_time=utc_timestamp(now))
+
+
+_RESULT_FIELDS = (
+    "job_id",
+    "workflow_id",
+    "run_id",
+    "compute_node_id",
+    "return_code",
+    "exec_time_minutes",
+    "completion_time",
+    "status",
+)
+
+
+def validate_result(body: Any) -> dict[str, Any]:
+    """Checks a ``result_model`` body (pure; raises ApiError 422)."""
+    if not isinstance(body, dict):
+        raise _bad("the body must be a result_model object")
+    for key in ("job_id", "workflow_id", "run_id", "compute_node_id", "return_code"):
+        _get(body, key, int, required=True)
+    _get(body, "exec_time_minutes", (int, float), required=True)
+    _get(body, "completion_time", str, required=True)
+    status = _get(body, "status", str, required=True)
+    try:
+        JobStatus.from_wire(status)
+    except ValueError as exc:
+        raise _bad(str(exc)) from None
+    return body
+
+
+def _complete_one(
+    conn: sqlite3.Connection,
+    st: ServerState,
+    job_id: int,
+    status: int,
+    run_id: int,
+    result: dict[str, Any],
+) -> None:
+    jm = st.job(job_id)
+    wf = st.workflows[jm.workflow_id]
+    if status not in _COMPLETION_TARGETS:
+        raise _bad(
+            f"status {JobStatus(status).wire!r} is not a completion status; use completed, "
+            "failed, canceled, terminated or pending_failed"
+        )
+    if jm.status in _DONE_INTS:
+        raise ConflictError(422, f"job {job_id} is already {JobStatus(jm.status).wire}")
+    if run_id != wf.run_id:
+        raise ConflictError(
+            422, f"run_id {run_id} does not match workflow {wf.id}'s run_id {wf.run_id}"
+        )
+    now = time.time()
+    rc = result["return_code"]
+    rid = _row_id(
+        conn.execute(
+            "INSERT INTO result (workflow_id, job_id, run_id, attempt_id, compute_node_id, "
+            "return_code, "
+            "exec_time_minutes, completion_time, status, peak_memory_bytes, avg_memory_bytes, "
+            "peak_cpu_percent, avg_cpu_percent) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                wf.id,
+                job_id,
+                run_id,
+                result.get("attempt_id") or 1,
+                result["compute_node_id"],
+                rc,
+                result["exec_time_minutes"],
+                result["completion_time"],
+                status,
+                result.get("peak_memory_bytes"),
+                result.get("avg_memory_bytes"),
+                result.get("peak_cpu_percent"),
+                result.get("avg_cpu_percent"),
+            ),
+        )
+    )
+    conn.execute(
+        "INSERT OR REPLACE INTO workflow_result (workflow_id, job_id, result_id) VALUES (?,?,?)",
+        (wf.id, job_id, rid),
+    )
+    done = status in _DONE_INTS
+    conn.execute(
+        "UPDATE job SET status = ?, end_time = ?, unblocking_processed = ? WHERE id = ?",
+        (status, now, 0 if done else 1, job_id),
+    )
+    if jm.node_id is not None:
+        conn.execute(
+            "UPDATE job_internal SET active_compute_node_id = NULL WHERE job_id = ?", (job_id,)
+        )
+    st._set_status(job_id, jm, status)
+    jm.node_id = None
+    jm.failed = status in _FAILURE_INTS and rc != 0
+    if done:
+        st.pending_unblock.append((job_id, jm.failed, now))
+
+
+def complete_job(
+    conn: sqlite3.Connection,
+    st: ServerState,
+    job_id: int,
+    status: int,
+    run_id: int,
+    result: dict[str, Any],
+) -> dict[str, Any]:
+    """POST /jobs/{id}/complete_job/{status}/{run_id}: stores the result; 422 if already done."""
+    _complete_one(conn, st, job_id, status, run_id, result)
+    model = _job_model(conn, st, job_id)
+    st.jobs[job_id].model = None
+    return model
+
+
+def batch_complete_jobs(
+    conn: sqlite3.Connection, st: ServerState, workflow_id: int, entries: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """POST /workflows/{id}/batch_complete_jobs: each entry on its own; errors listed.
+
+    No SAVEPOINT per entry: an entry is refused (ApiError, or an IntegrityError of its first
+    INSERT, which SQLite undoes by itself) before it changed anything, which
+    ``conn.total_changes`` confirms.
+    """
+    st.workflow(workflow_id)
+    completed: list[int] = []
+    errors: list[dict[str, Any]] = []
+    for entry in entries:
+        job_id = entry.get("job_id")
+        try:
+            if not isinstance(job_id, int) or isinstance(job_id, bool):
+                raise _bad("job_id must be an integer")
+            run_id = _get(entry, "run_id", int, required=True)
+            status_text = _get(entry, "status", str, required=True)
+            try:
+                status = int(JobStatus.from_wire(status_text))
+            except ValueError as exc:
+                raise _bad(str(exc)) from None
+            result = validate_result(entry.get("result"))
+            if st.job(job_id).workflow_id != workflow_id:
+                raise _bad(f"job {job_id} is not in workflow {workflow_id}")
+            before = conn.total_changes
+            try:
+                _complete_one(conn, st, job_id, status, run_id, result)
+            except BaseException as exc:
+                if conn.total_changes == before:
+                    raise  # refused before it wrote anything: only this entry fails
+                # failed half-way (not expected: every check comes before the first write, and
+                # a failing statement undoes itself): the writer rolls the whole request back
+                # and memory, changed by the entries before this one, is reloaded
+                st.needs_reload = True
+                raise RuntimeError(f"completing job {job_id} failed after it wrote: {exc}") from exc
+            completed.append(job_id)
+        except ApiError as exc:
+            errors.append(
+                {"job_id": job_id if isinstance(job_id, int) else -1, "message": str(exc)}
+            )
+        except sqlite3.IntegrityError as exc:
+            errors.append({"job_id": job_id, "message": f"conflicts with stored data: {exc}"})
+    return {"completed": completed, "errors": errors}
