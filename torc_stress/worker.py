@@ -24,7 +24,6 @@ worker metrics file is written.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 import os
 import select
@@ -33,16 +32,28 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
 
-from torc_stress.client import LatencyRecorder, TorcClient, rfc3339, summarize
-from torc_stress.errors import ApiError, ConflictError, ServerUnavailable, StressError
+from torc_stress.client import LatencyRecorder, TorcClient, rfc3339
+from torc_stress.errors import StressError
 from torc_stress.logs import kv
+from torc_stress.worker_claimer import ClaimerMixin
+from torc_stress.worker_logic import (
+    Backoff,
+    build_metrics,
+    claim_limit,
+    classify_failure,
+    metrics_path,
+    status_for,
+    stdio_paths,
+)
+from torc_stress.worker_records import Report, RunningJob
+from torc_stress.worker_reporter import ReporterMixin
+from torc_stress.worker_spawn import seal_inherited_descriptors, spawn_shell
 
 __all__ = ["Backoff", "Worker", "claim_limit", "classify_failure", "metrics_path", "status_for",
            "stdio_paths"]
@@ -50,191 +61,11 @@ __all__ = ["Backoff", "Worker", "claim_limit", "classify_failure", "metrics_path
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-SHELL = "/bin/sh"
-
-
-# ---------------------------------------------------------------------------- pure logic
-
-
-class Backoff:
-    """Exponential backoff: ``initial``, doubling, capped at ``maximum`` (seconds)."""
-
-    def __init__(self, initial: float = 0.001, maximum: float = 0.05, factor: float = 2.0) -> None:
-        self.initial = initial
-        self.maximum = maximum
-        self.factor = factor
-        self._next = initial
-
-    def next(self) -> float:
-        """Returns the delay to wait now and grows the following one."""
-        delay = self._next
-        self._next = min(self.maximum, self._next * self.factor)
-        return delay
-
-    def reset(self) -> None:
-        """Starts again from ``initial`` (work appeared)."""
-        self._next = self.initial
-
-
-def stdio_paths(output_dir: Path, workflow_id: int, job_id: int, run_id: int,
-                attempt_id: int) -> tuple[Path, Path]:
-    """Returns a job's stdout and stderr files, named as torc names them.
-
-    Args:
-        output_dir: the worker's output directory.
-        workflow_id: the workflow.
-        job_id: the job.
-        run_id: the workflow's run.
-        attempt_id: the job's attempt (1 for the first).
-
-    Returns:
-        ``(<out>/job_stdio/job_wf<W>_j<J>_r<R>_a<A>.o, ....e)``.
-    """
-    stem = output_dir / "job_stdio" / f"job_wf{workflow_id}_j{job_id}_r{run_id}_a{attempt_id}"
-    return stem.with_suffix(".o"), stem.with_suffix(".e")
-
-
-def metrics_path(output_dir: Path, node_name: str, pid: int) -> Path:
-    """Returns ``<out>/worker_<node>_<pid>_metrics.json``."""
-    return output_dir / f"worker_{node_name}_{pid}_metrics.json"
-
-
-def status_for(returncode: int, *, killed: bool = False) -> str:
-    """Maps a child's return code to the wire status reported for it.
-
-    Args:
-        returncode: ``Popen.returncode`` (negative for a signal).
-        killed: the worker killed the job (cancel or shutdown).
-
-    Returns:
-        ``terminated`` if killed, ``completed`` for 0, ``failed`` otherwise.
-    """
-    if killed:
-        return "terminated"
-    return "completed" if returncode == 0 else "failed"
-
-
-def classify_failure(exc: StressError) -> str:
-    """Decides what to do with a request the server did not answer with success.
-
-    Args:
-        exc: the error the client raised.
-
-    Returns:
-        ``"taken"`` (409/422: the server already has it), ``"retry"`` (unreachable, 5xx, 429)
-        or ``"drop"`` (any other error: sending it again cannot help).
-    """
-    if isinstance(exc, ConflictError):
-        return "taken"
-    if isinstance(exc, ServerUnavailable):
-        return "retry"
-    if isinstance(exc, ApiError) and exc.retryable:
-        return "retry"
-    return "drop"
-
-
-def spawn_shell(command: str, env: Mapping[str, str], *, stdin: int, stdout: int,
-                stderr: int) -> int:
-    """Starts ``/bin/sh -c command`` with posix_spawn (vfork + exec; no fork of this process).
-
-    Measured on the 2-core box: 0.2 ms of parent CPU per spawn against 0.45 ms for
-    ``subprocess.Popen(..., close_fds=True)``. Our own descriptors are close-on-exec (PEP 446),
-    so the child gets only the three it is given.
-
-    Args:
-        command: the shell command.
-        env: the child's whole environment.
-        stdin: descriptor for the child's stdin.
-        stdout: descriptor for the child's stdout.
-        stderr: descriptor for the child's stderr.
-
-    Returns:
-        The child's pid.
-
-    Raises:
-        OSError: the shell could not be started.
-    """
-    actions = [(os.POSIX_SPAWN_DUP2, stdin, 0), (os.POSIX_SPAWN_DUP2, stdout, 1),
-               (os.POSIX_SPAWN_DUP2, stderr, 2)]
-    return os.posix_spawn(SHELL, [SHELL, "-c", command], env, file_actions=actions)
-
-
-def seal_inherited_descriptors() -> None:
-    """Marks every descriptor above 2 close-on-exec, so jobs get only stdin, stdout and stderr.
-
-    ``posix_spawn`` passes on whatever is inheritable; descriptors our own parent leaked to us
-    must not reach the jobs (``Popen(close_fds=True)`` gave the same guarantee).
-    """
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
-        if fd > 2:
-            with contextlib.suppress(OSError):
-                if os.get_inheritable(fd):
-                    os.set_inheritable(fd, False)
-
-
-def claim_limit(held: int, slots: int, prefetch: int) -> int:
-    """Decides how many jobs to claim now (0: not now).
-
-    A worker holds at most ``slots + prefetch`` jobs (running plus claimed but not yet
-    spawned). It claims again once it has room for a batch of ``max(1, prefetch - slots + 1)``
-    jobs, so a claim brings several jobs (fewer requests per job, measured: empty and
-    one-job claims were a third of the server's requests) while a freed slot still finds
-    the next job already claimed, with no round trip between one job and the next.
-
-    Args:
-        held: jobs running or claimed and waiting for a slot.
-        slots: ``max_parallel_jobs``.
-        prefetch: how many claimed jobs may wait for a slot (0: claim only for free slots).
-
-    Returns:
-        The ``limit`` of the next claim, or 0 when the worker should not claim now.
-    """
-    room = slots + prefetch - held
-    if room <= 0:
-        return 0
-    if held > 0 and room < max(1, prefetch - slots + 1):
-        return 0
-    return room
-
-
-# ---------------------------------------------------------------------------- records
-
-
-@dataclass
-class RunningJob:
-    """A job whose process is running."""
-
-    job: dict[str, Any]
-    pid: int
-    pidfd: int
-    started: float
-    killed: bool = False
-
-
-@dataclass
-class Report:
-    """A request the reporter must deliver: a job's start or its completion.
-
-    Attributes:
-        kind: ``"start"`` or ``"complete"``.
-        job_id: the job.
-        status: the completion's wire status (``completed``, ``failed``, ``terminated``).
-        result: the completion's result model.
-        failed_before: an earlier attempt failed in transit (it may have got through).
-    """
-
-    kind: str
-    job_id: int
-    status: str = ""
-    result: dict[str, Any] = field(default_factory=dict)
-    failed_before: bool = False
-
 
 # ---------------------------------------------------------------------------- the worker
 
 
-class Worker:
+class Worker(ClaimerMixin, ReporterMixin):
     """Runs the ready jobs of one workflow until it is complete.
 
     Three threads share the work, so a freed slot never waits on the server:
@@ -549,177 +380,6 @@ class Worker:
                 with contextlib.suppress(ProcessLookupError):
                     signal.pidfd_send_signal(running.pidfd, signal.SIGKILL)
 
-    # ------------------------------------------------------------------ claimer thread
-
-    def _claim_loop(self) -> None:
-        next_claim = 0.0
-        last_check = 0.0
-        while not self._closing:
-            self._claim_wake.clear()
-            now = time.monotonic()
-            if now - last_check >= (1.0 if self._held() else 0.05):
-                last_check = now
-                state = self._workflow_state()
-                if state in ("canceled", "complete"):
-                    self._state = state
-                    self._wake_main()
-                    if state == "canceled":
-                        return
-            # NOTE: flag first, then read the stop request: the main thread never sees a stop
-            # with no claim in flight while a claim is about to be sent.
-            self._claiming = True
-            try:
-                limit = 0 if self._stop_requested else claim_limit(
-                    self._held(), self.max_parallel_jobs, self.prefetch)
-                if limit and now >= next_claim:
-                    next_claim = self._claim(limit)
-                    continue
-            finally:
-                self._claiming = False
-            wait = last_check + (1.0 if self._held() else 0.05) - now
-            if limit:
-                wait = min(wait, next_claim - now)
-            self._claim_wake.wait(max(0.0, wait))
-
-    def _claim(self, limit: int) -> float:
-        """Claims up to ``limit`` jobs for the main thread; returns when to claim next."""
-        try:
-            jobs = self.client.claim_next_jobs(self.workflow_id, limit)
-        except StressError as exc:
-            self.retries["claim"] += 1
-            self._note_failure("claim", exc)
-            return time.monotonic() + max(0.05, self._claim_backoff.next())
-        self._note_success()
-        if not jobs:
-            return time.monotonic() + self._claim_backoff.next()
-        self._claim_backoff.reset()
-        self._state = "running"
-        self.claimed.extend(jobs)
-        self._claimed_total += len(jobs)
-        self._wake_main()
-        return 0.0
-
-    def _workflow_state(self) -> str:
-        try:
-            doc = self.client.is_complete(self.workflow_id)
-        except StressError as exc:
-            self._note_failure("is_complete", exc)
-            return "unknown"
-        self._note_success()
-        if doc.get("is_canceled"):
-            return "canceled"
-        return "complete" if doc.get("is_complete") else "running"
-
-    # ------------------------------------------------------------------ reporter thread
-
-    def _report(self, report: Report) -> None:
-        with self._reports_cv:
-            self._reports.append(report)
-            self._reports_cv.notify()
-
-    def _reports_idle(self) -> bool:
-        """Whether every start and completion has been delivered (or settled)."""
-        return not self._reports
-
-    def _report_loop(self) -> None:
-        backoff = Backoff(0.01, 1.0)
-        while True:
-            with self._reports_cv:
-                while not self._reports and not self._reporter_done:
-                    self._reports_cv.wait()
-                if not self._reports or self._abandon.is_set():
-                    return
-            if self._deliver_head():
-                backoff.reset()
-            elif self._abandon.wait(backoff.next()):
-                return
-
-    def _deliver_head(self) -> bool:
-        """Delivers the oldest report (a batch of completions in batch mode).
-
-        Returns:
-            True when it is settled (taken, or refused for good); False to retry later.
-        """
-        head = self._reports[0]
-        if head.kind == "start":
-            batch = [head]
-            settled = self._send_start(head)
-        elif self.batch_completions:
-            batch = list(itertools.takewhile(lambda r: r.kind == "complete",
-                                             itertools.islice(self._reports, 0, 1000)))
-            settled = self._send_batch(batch)
-        else:
-            batch = [head]
-            settled = self._send_one(head)
-        if settled:
-            with self._reports_cv:
-                for _ in batch:
-                    self._reports.popleft()
-            if head.kind == "complete" and not self.claimed and not self._reports:
-                # NOTE: a completion may unblock other jobs (a stage's last one does): once its
-                # last completion is delivered, an idle worker looks for work at once. Resetting
-                # on every completion cost an empty claim per completion of a stage's tail.
-                self._claim_backoff.reset()
-                self._claim_wake.set()
-        if not self._reports:
-            self._wake_main()
-        return settled
-
-    def _send_start(self, report: Report) -> bool:
-        try:
-            self.client.start_job(report.job_id, self.run_id, int(self.node["id"]))
-        except StressError as exc:
-            outcome = classify_failure(exc)
-            if outcome == "taken" and report.failed_before:
-                return True  # our earlier attempt got through; the job is ours
-            if outcome != "retry":
-                log.warning("job not started; killing it",
-                            extra=kv(job_id=report.job_id, error=str(exc)))
-                self._refused.append(report.job_id)
-                self._wake_main()
-                return True
-            report.failed_before = True
-            self.retries["start_job"] += 1
-            self._note_failure("start_job", exc)
-            return False
-        self._note_success()
-        return True
-
-    def _send_one(self, report: Report) -> bool:
-        try:
-            self.client.complete_job(report.job_id, report.status, self.run_id, report.result)
-        except StressError as exc:
-            return self._completion_failed([report], exc)
-        self._note_success()
-        return True
-
-    def _send_batch(self, batch: list[Report]) -> bool:
-        entries = [{"job_id": r.job_id, "run_id": self.run_id, "status": r.status,
-                    "result": r.result} for r in batch]
-        try:
-            answer = self.client.batch_complete_jobs(self.workflow_id, entries)
-        except StressError as exc:
-            return self._completion_failed(batch, exc)
-        self._note_success()
-        for error in answer.get("errors") or []:
-            log.warning("completion refused", extra=kv(job_id=error.get("job_id"),
-                                                       error=error.get("message")))
-        return True
-
-    def _completion_failed(self, batch: list[Report], exc: StressError) -> bool:
-        """Handles a completion request that failed; returns True if the batch is settled."""
-        outcome = classify_failure(exc)
-        if outcome == "retry":
-            self.retries["complete_job"] += 1
-            self._note_failure("complete_job", exc)
-            return False
-        level = logging.INFO if outcome == "taken" else logging.ERROR
-        for report in batch:
-            log.log(level, "completion already taken" if outcome == "taken"
-                    else "completion refused; dropping it",
-                    extra=kv(job_id=report.job_id, error=str(exc)))
-        return True
-
     # ------------------------------------------------------------------ outages
 
     def _note_failure(self, op: str, exc: StressError) -> None:
@@ -856,21 +516,3 @@ class Worker:
             log.warning("could not write the worker metrics", extra=kv(path=str(path),
                                                                       error=str(exc)))
 
-
-def build_metrics(*, node: str, pid: int, compute_node_id: int | None, jobs_run: int,
-                  jobs_failed: int, started_at: float, latency: Mapping[str, Any],
-                  job_wall_ms: list[float], retries: Mapping[str, int],
-                  finished_at: float | None = None) -> dict[str, Any]:
-    """Builds the worker metrics document (pure; see docs/internals.md).
-
-    Returns:
-        ``{"schema": 1, "node", "pid", "compute_node_id", "jobs_run", "jobs_failed",
-        "started_at", "finished_at", "latency_ms", "job_wall_ms", "retries"}``.
-    """
-    return {
-        "schema": 1, "node": node, "pid": pid, "compute_node_id": compute_node_id,
-        "jobs_run": jobs_run, "jobs_failed": jobs_failed, "started_at": started_at,
-        "finished_at": time.time() if finished_at is None else finished_at,
-        "latency_ms": dict(latency), "job_wall_ms": summarize(job_wall_ms),
-        "retries": dict(retries),
-    }
