@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ReporterMixin"]
 
-log = logging.getLogger("torc_stress.worker")
+log = logging.getLogger(__name__)
 
 
 class ReporterMixin:

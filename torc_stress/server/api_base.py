@@ -26,7 +26,7 @@ from torc_stress.server.store import (
 )
 from torc_stress.server.writer import Writer
 
-logger = logging.getLogger("torc_stress.server.app")  # the name its log lines always had
+logger = logging.getLogger(__name__)  # the name its log lines always had
 
 
 class ApiBase:

@@ -21,7 +21,7 @@ from torc_stress.server.http_io import (
 if TYPE_CHECKING:
     from torc_stress.server.app import Api
 
-logger = logging.getLogger("torc_stress.server.app")  # the name its log lines always had
+logger = logging.getLogger(__name__)  # the name its log lines always had
 
 
 _JSON_HEADER = (b"content-type", b"application/json")
