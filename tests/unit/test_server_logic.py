@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from torc_stress.server.http_io import where_clause
 from torc_stress.server.metrics import Histogram
 from torc_stress.server.store import duration_seconds, memory_bytes
 from torc_stress.server.unblocker import DependencyTracker
@@ -70,3 +71,17 @@ def test_iso_durations_become_seconds(text: str, expected: int) -> None:
 def test_bad_memory_strings_are_rejected(text: str) -> None:
     with pytest.raises(ValueError):
         memory_bytes(text)
+
+
+@pytest.mark.parametrize(("conditions", "expected"), [
+    ((), ("", [])),
+    ((("workflow_id = ?", None),), ("", [])),
+    ((("workflow_id = ?", 3), ("status = ?", None), ("status = ?", 5)),
+     ("WHERE workflow_id = ? AND status = ?", [3, 5])),
+    ((("id IN (SELECT result_id FROM workflow_result)", True), ("run_id = ?", 0)),
+     ("WHERE id IN (SELECT result_id FROM workflow_result) AND run_id = ?", [0])),
+], ids=["no-filters", "none-is-left-out", "values-in-order", "condition-without-parameter"])
+def test_a_where_clause_keeps_only_the_filters_that_were_given(
+    conditions: tuple[tuple[str, object], ...], expected: tuple[str, list[object]]
+) -> None:
+    assert where_clause(*conditions) == expected

@@ -133,3 +133,19 @@ def page_params(request: Request) -> tuple[int, int]:
     if limit > MAX_LIMIT:
         raise ApiError(422, f"limit must be <= {MAX_LIMIT}")
     return offset, limit
+
+
+def where_clause(*conditions: tuple[str, Any]) -> tuple[str, list[Any]]:
+    """Builds a list endpoint's ``WHERE`` from ``(condition, value)`` filters.
+
+    A filter whose value is ``None`` is left out; the value is bound to the condition's ``?``
+    (a condition without one, such as a subquery test, only needs a value that is not None).
+
+    Returns:
+        ``("WHERE a = ? AND ...", [values])``, or ``("", [])`` when no filter applies.
+    """
+    kept = [(sql, value) for sql, value in conditions if value is not None]
+    if not kept:
+        return "", []
+    args = [value for sql, value in kept if "?" in sql]
+    return "WHERE " + " AND ".join(sql for sql, _ in kept), args

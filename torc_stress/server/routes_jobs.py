@@ -20,6 +20,7 @@ from torc_stress.server.http_io import (
     query_bool,
     query_int,
     status_param,
+    where_clause,
 )
 from torc_stress.server.store import (
     JOB_COLUMNS,
@@ -107,19 +108,11 @@ class JobRoutes(ApiBase):
             self.snapshot(wid)
 
         def run(conn: Any) -> dict[str, Any]:
-            where, args = [], []
-            if wid is not None:
-                where.append("workflow_id = ?")
-                args.append(wid)
-            if status is not None:
-                where.append("status = ?")
-                args.append(status)
-            if upstream is not None:
-                where.append(
-                    "id IN (SELECT job_id FROM job_depends_on WHERE depends_on_job_id = ?)"
-                )
-                args.append(upstream)
-            clause = f"WHERE {' AND '.join(where)}" if where else ""
+            clause, args = where_clause(
+                ("workflow_id = ?", wid),
+                ("status = ?", status),
+                ("id IN (SELECT job_id FROM job_depends_on WHERE depends_on_job_id = ?)", upstream),
+            )
             total = conn.execute(f"SELECT COUNT(*) FROM job {clause}", args).fetchone()[0]
             rows = conn.execute(
                 f"SELECT {JOB_COLUMNS} FROM job {clause} ORDER BY id LIMIT ? OFFSET ?",

@@ -19,6 +19,7 @@ from torc_stress.server.http_io import (
     query_bool,
     query_int,
     status_param,
+    where_clause,
 )
 from torc_stress.server.store import (
     RESULT_COLUMNS,
@@ -54,20 +55,15 @@ class NodeRoutes(ApiBase):
         offset, limit = page_params(request)
 
         def run(conn: Any) -> dict[str, Any]:
-            where, args = [], []
-            for column, value in (
-                ("r.workflow_id", wid),
-                ("r.job_id", jid),
-                ("r.run_id", run_id),
-                ("r.return_code", rc),
-                ("r.status", status),
-            ):
-                if value is not None:
-                    where.append(f"{column} = ?")
-                    args.append(value)
-            if not all_runs and run_id is None:
-                where.append("r.id IN (SELECT result_id FROM workflow_result)")
-            clause = f"WHERE {' AND '.join(where)}" if where else ""
+            latest_only = True if not all_runs and run_id is None else None
+            clause, args = where_clause(
+                ("r.workflow_id = ?", wid),
+                ("r.job_id = ?", jid),
+                ("r.run_id = ?", run_id),
+                ("r.return_code = ?", rc),
+                ("r.status = ?", status),
+                ("r.id IN (SELECT result_id FROM workflow_result)", latest_only),
+            )
             total = conn.execute(f"SELECT COUNT(*) FROM result r {clause}", args).fetchone()[0]
             rows = conn.execute(
                 f"SELECT {RESULT_COLUMNS} FROM result r JOIN job j ON j.id = r.job_id "
@@ -84,14 +80,7 @@ class NodeRoutes(ApiBase):
         offset, limit = page_params(request)
 
         def run(conn: Any) -> dict[str, Any]:
-            where, args = [], []
-            if wid is not None:
-                where.append("workflow_id = ?")
-                args.append(wid)
-            if after is not None:
-                where.append("timestamp > ?")
-                args.append(after)
-            clause = f"WHERE {' AND '.join(where)}" if where else ""
+            clause, args = where_clause(("workflow_id = ?", wid), ("timestamp > ?", after))
             total = conn.execute(f"SELECT COUNT(*) FROM event {clause}", args).fetchone()[0]
             rows = conn.execute(
                 f"SELECT id, workflow_id, timestamp, data FROM event {clause} "
