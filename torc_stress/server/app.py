@@ -59,6 +59,12 @@ class Api(SystemRoutes, WorkflowRoutes, JobRoutes, NodeRoutes):
         )
         add(
             "POST",
+            "/workflows/{id}/batch_start_jobs",
+            self.batch_start_jobs,
+            "start several claimed jobs (extension)",
+        )
+        add(
+            "POST",
             "/workflows/{id}/batch_complete_jobs",
             self.batch_complete_jobs,
             "complete several jobs",

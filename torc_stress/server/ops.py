@@ -9,11 +9,13 @@ from __future__ import annotations
 from torc_stress.server.ops_common import _workflow_model as _workflow_model
 from torc_stress.server.ops_jobs import (
     batch_complete_jobs,
+    batch_start_jobs,
     claim_jobs_based_on_resources,
     claim_next_jobs,
     complete_job,
     create_jobs,
     start_job,
+    validate_batch_start,
     validate_result,
 )
 from torc_stress.server.ops_nodes import (
@@ -35,6 +37,7 @@ from torc_stress.server.ops_workflows import (
 
 __all__ = [
     "batch_complete_jobs",
+    "batch_start_jobs",
     "cancel_workflow",
     "claim_jobs_based_on_resources",
     "claim_next_jobs",
@@ -52,5 +55,6 @@ __all__ = [
     "start_job",
     "update_compute_node",
     "update_workflow_status",
+    "validate_batch_start",
     "validate_result",
 ]

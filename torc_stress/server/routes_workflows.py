@@ -168,6 +168,15 @@ class WorkflowRoutes(ApiBase):
             await self.write("batch_complete_jobs", ops.batch_complete_jobs, wid, entries)
         )
 
+    async def batch_start_jobs(self, request: Request) -> Response:
+        wid = path_int(request, "id")
+        run_id, node_id, job_ids = ops.validate_batch_start(await json_object(request))
+        return JsonResponse(
+            await self.write(
+                "batch_start_jobs", ops.batch_start_jobs, wid, run_id, node_id, job_ids
+            )
+        )
+
     async def cancel_workflow(self, request: Request) -> Response:
         wid = path_int(request, "id")
         return JsonResponse(await self.write("cancel_workflow", ops.cancel_workflow, wid))
