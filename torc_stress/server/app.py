@@ -128,6 +128,6 @@ class TorcApp(Starlette):
         await super().__call__(scope, receive, send)
 
 
-def build_app(api: Api, lifespan: Any = None) -> Starlette:
+def build_app(api: Api, lifespan: Any = None) -> TorcApp:
     """The Starlette application serving ``api``'s routes."""
     return TorcApp(api, lifespan)

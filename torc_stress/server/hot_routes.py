@@ -1,10 +1,13 @@
-"""The per-job hot routes, served as a bare ASGI callable ahead of Starlette."""
+"""The per-job hot routes: plain handlers shared by the ASGI path and the protocol's fast lane."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Callable
+from functools import partial
 from time import perf_counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import parse_qsl
 
 import orjson
@@ -20,11 +23,32 @@ from torc_stress.server.http_io import (
 
 if TYPE_CHECKING:
     from torc_stress.server.app import Api
+    from torc_stress.server.metrics import RequestStats
 
 logger = logging.getLogger(__name__)  # the name its log lines always had
 
-
 _JSON_HEADER = (b"content-type", b"application/json")
+
+Handler = Callable[[list[str], bytes, bytes], Any]
+"""A hot route's handler: ``(path parts, query string, body)`` -> payload or a Future of it."""
+
+Reply = Callable[[int, bytes], None]
+"""Receives a finished answer: ``(status, JSON body)``."""
+
+
+class HotRoute(NamedTuple):
+    """One hot route: its metrics key, its stats object and its handler."""
+
+    key: str
+    stats: RequestStats
+    handler: Handler
+
+
+def error_body(status: int, message: str) -> bytes:
+    """torc's JSON error body (what ``http_io.error_response`` renders)."""
+    return orjson.dumps(
+        {"error": {"status": status, "message": message}, "errorMessage": message, "code": status}
+    )
 
 
 def _int_part(raw: str, name: str) -> int:
@@ -34,15 +58,41 @@ def _int_part(raw: str, name: str) -> int:
         raise ApiError(400, f"path parameter {name!r} must be an integer, got {raw!r}") from None
 
 
+def _json(raw: bytes) -> Any:
+    if not raw.strip():
+        raise ApiError(400, "the request needs a JSON body")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, f"malformed JSON body: {exc}") from None
+
+
+def _json_object(raw: bytes) -> dict[str, Any]:
+    body = _json(raw)
+    if not isinstance(body, dict):
+        raise ApiError(422, "the JSON body must be an object")
+    return body
+
+
+def _failure(exc: BaseException, key: str) -> tuple[int, bytes]:
+    if isinstance(exc, ApiError):
+        return exc.status, error_body(exc.status, _api_message(exc))
+    logger.error("unexpected error", exc_info=exc, extra={"torc_kv": {"route": key}})
+    return 500, error_body(500, f"internal error: {type(exc).__name__}: {exc}")
+
+
 class HotRoutes:
-    """The per-job routes, served as a bare ASGI callable ahead of Starlette's middleware.
+    """The per-job routes, answered without Starlette (and usually without ASGI at all).
 
     A worker sends 2-3 requests per job (its share of a claim, ``start_job``, ``complete_job``,
     now and then ``is_complete``). Matching ~40 route regexes, building Request/Response objects
-    and walking the middleware stack cost more server CPU than the work itself, so
-    :class:`TorcApp` asks :meth:`match` first: these routes are matched by splitting the path
-    and answered with one raw ``http.response.start`` and body. Behaviour, error bodies and
-    metrics keys are those of the Starlette routes; everything else goes to Starlette.
+    and walking the middleware stack cost more server CPU than the work itself. These routes
+    are matched by splitting the path; each handler is a plain function of
+    ``(parts, query_string, body)`` returning the JSON payload or the writer's Future of it
+    (errors are :class:`ApiError`, raised or set on the future). The protocol's fast lane
+    (:mod:`torc_stress.server.fast_lane`) calls :meth:`respond` straight from the parser;
+    :meth:`serve` is the ASGI path :class:`TorcApp` uses when the fast lane declines. Behaviour,
+    error bodies and metrics keys are those of the Starlette routes.
     """
 
     def __init__(self, api: Api) -> None:
@@ -52,26 +102,37 @@ class HotRoutes:
         self._debug = logger.isEnabledFor(logging.DEBUG)
         requests = api.metrics.request_stats
         self._routes = {
-            name: (key, requests(key), getattr(self, handler))
+            name: HotRoute(key, requests(key), getattr(self, handler))
             for name, key, handler in (
                 ("complete", "POST /jobs/{id}/complete_job/{status}/{run_id}", "_complete_job"),
                 ("start", "PUT /jobs/{id}/start_job/{run_id}/{compute_node_id}", "_start_job"),
                 ("claim", "POST /workflows/{id}/claim_next_jobs", "_claim_next_jobs"),
                 ("is_complete", "GET /workflows/{id}/is_complete", "_is_complete"),
                 ("batch", "POST /workflows/{id}/batch_complete_jobs", "_batch_complete_jobs"),
+                ("batch_start", "POST /workflows/{id}/batch_start_jobs", "_batch_start_jobs"),
             )
         }
 
-    def match(self, scope: Any) -> tuple[tuple[str, Any, Any], list[str]] | None:
-        """The hot route a request is for (with its path split), or None."""
-        path = scope["path"]
-        if not path.startswith(self._prefix) or scope["type"] != "http":
+    @property
+    def prefix(self) -> str:
+        """The path prefix every hot route starts with (``/torc-service/v1/``)."""
+        return self._prefix
+
+    def match(self, scope: Any) -> tuple[HotRoute, list[str]] | None:
+        """The hot route an ASGI request is for (with its path split), or None."""
+        if scope["type"] != "http":
+            return None
+        return self.match_path(scope["method"], scope["path"])
+
+    def match_path(self, method: str, path: str) -> tuple[HotRoute, list[str]] | None:
+        """The hot route for ``method`` and a decoded ``path`` (with the path split), or None."""
+        if not path.startswith(self._prefix):
             return None
         parts = path[self._cut :].split("/")
-        route = self._match(scope["method"], parts)
+        route = self._match(method, parts)
         return None if route is None else (route, parts)
 
-    def _match(self, method: str, parts: list[str]) -> tuple[str, Any, Any] | None:
+    def _match(self, method: str, parts: list[str]) -> HotRoute | None:
         n = len(parts)
         if n == 5 and parts[0] == "jobs" and all(parts):
             if parts[2] == "complete_job" and method == "POST":
@@ -86,49 +147,78 @@ class HotRoutes:
                 return self._routes["is_complete"]
             if action == "batch_complete_jobs" and method == "POST":
                 return self._routes["batch"]
+            if action == "batch_start_jobs" and method == "POST":
+                return self._routes["batch_start"]
         return None
 
-    async def serve(
-        self, route: tuple[str, Any, Any], parts: list[str], scope: Any, receive: Any, send: Any
+    # -- answering ------------------------------------------------------------------------------
+    def respond(
+        self, route: HotRoute, parts: list[str], query: bytes, body: bytes, reply: Reply
     ) -> None:
-        """Answers one hot-route request (errors become torc's JSON error bodies)."""
-        key, stats, handler = route
+        """Runs a hot route's handler and hands ``(status, JSON body)`` to ``reply``.
+
+        ``reply`` is called at once when the handler answers synchronously (a payload or an
+        error), else from the writer future's done-callback (no task). The request is recorded
+        in the route's metrics just before ``reply`` is called.
+        """
         started = perf_counter()
-        status = 200
         try:
-            payload = await handler(parts, scope, receive)
-        except ApiError as exc:
-            status = exc.status
-            message = _api_message(exc)
-            payload = {
-                "error": {"status": status, "message": message},
-                "errorMessage": message,
-                "code": status,
-            }
-        except Exception as exc:  # noqa: BLE001 - the catch-all: a logged 500 JSON body
-            logger.exception("unexpected error", extra={"torc_kv": {"route": key}})
-            status = 500
-            message = f"internal error: {type(exc).__name__}: {exc}"
-            payload = {
-                "error": {"status": status, "message": message},
-                "errorMessage": message,
-                "code": status,
-            }
-        body = orjson.dumps(payload)
+            result = route.handler(parts, query, body)
+        except Exception as exc:  # noqa: BLE001 - ApiError or the catch-all 500 JSON body
+            self._finish(route, started, reply, *_failure(exc, route.key))
+            return
+        if isinstance(result, asyncio.Future):
+            result.add_done_callback(partial(self._settled, route, started, reply))
+        else:
+            self._finish(route, started, reply, 200, orjson.dumps(result))
+
+    def _settled(
+        self, route: HotRoute, started: float, reply: Reply, future: asyncio.Future[Any]
+    ) -> None:
+        if future.cancelled():
+            status, body = 500, error_body(500, "internal error: the write was cancelled")
+        else:
+            error = future.exception()
+            try:
+                if error is not None:
+                    raise error
+                status, body = 200, orjson.dumps(future.result())
+            except Exception as exc:  # noqa: BLE001 - ApiError, or the catch-all 500 JSON body
+                status, body = _failure(exc, route.key)
+        self._finish(route, started, reply, status, body)
+
+    def _finish(
+        self, route: HotRoute, started: float, reply: Reply, status: int, body: bytes
+    ) -> None:
+        elapsed = (perf_counter() - started) * 1000
+        route.stats.record(elapsed, status >= 400)
+        if self._debug:
+            logger.debug(
+                "request", extra={"torc_kv": {"route": route.key, "status": status, "ms": elapsed}}
+            )
+        reply(status, body)
+
+    async def serve(
+        self, route: HotRoute, parts: list[str], scope: Any, receive: Any, send: Any
+    ) -> None:
+        """Answers one hot-route request over ASGI (when the fast lane did not take it)."""
+        body = await self._body(receive)
+        answer: asyncio.Future[tuple[int, bytes]] = asyncio.get_running_loop().create_future()
+
+        def reply(status: int, data: bytes) -> None:
+            if not answer.done():
+                answer.set_result((status, data))
+
+        self.respond(route, parts, scope.get("query_string", b""), body, reply)
+        status, data = await answer
         await send(
             {
                 "type": "http.response.start",
                 "status": status,
-                "headers": [_JSON_HEADER, (b"content-length", b"%d" % len(body))],
+                "headers": [_JSON_HEADER, (b"content-length", b"%d" % len(data))],
             }
         )
-        await send({"type": "http.response.body", "body": body})
-        elapsed = (perf_counter() - started) * 1000
-        stats.record(elapsed, status >= 400)
-        if self._debug:
-            logger.debug(
-                "request", extra={"torc_kv": {"route": key, "status": status, "ms": elapsed}}
-            )
+        await send({"type": "http.response.body", "body": data})
 
     @staticmethod
     async def _body(receive: Any) -> bytes:
@@ -142,36 +232,27 @@ class HotRoutes:
             chunks.append(message.get("body", b""))
         return b"".join(chunks)
 
-    async def _json(self, receive: Any) -> Any:
-        raw = await self._body(receive)
-        if not raw.strip():
-            raise ApiError(400, "the request needs a JSON body")
-        try:
-            return orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise ApiError(400, f"malformed JSON body: {exc}") from None
-
-    async def _start_job(self, parts: list[str], scope: Any, receive: Any) -> Any:
+    # -- handlers: (parts, query, body) -> payload | Future ------------------------------------
+    def _start_job(self, parts: list[str], query: bytes, body: bytes) -> Any:
         jid = _int_part(parts[1], "id")
         run_id = _int_part(parts[3], "run_id")
         node = _int_part(parts[4], "compute_node_id")
         api = self.api
-        return await api.writer.submit("start_job", ops.start_job, api.state, jid, run_id, node)
+        return api.writer.submit("start_job", ops.start_job, api.state, jid, run_id, node)
 
-    async def _complete_job(self, parts: list[str], scope: Any, receive: Any) -> Any:
+    def _complete_job(self, parts: list[str], query: bytes, body: bytes) -> Any:
         jid = _int_part(parts[1], "id")
         status = status_param(parts[3], "status")
         run_id = _int_part(parts[4], "run_id")
-        body = ops.validate_result(await self._json(receive))
+        result = ops.validate_result(_json(body))
         api = self.api
-        return await api.writer.submit(
-            "complete_job", ops.complete_job, api.state, jid, status, run_id, body
+        return api.writer.submit(
+            "complete_job", ops.complete_job, api.state, jid, status, run_id, result
         )
 
-    async def _claim_next_jobs(self, parts: list[str], scope: Any, receive: Any) -> Any:
+    def _claim_next_jobs(self, parts: list[str], query: bytes, body: bytes) -> Any:
         wid = _int_part(parts[1], "id")
         limit = 10
-        query = scope.get("query_string", b"")
         if query:
             for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
                 if name == "limit" and value != "":
@@ -189,9 +270,9 @@ class HotRoutes:
             # nothing ready: answer without a transaction (the writer runs on this loop, so
             # the in-memory ready queue is the committed truth between batches)
             return {"jobs": []}
-        return await api.writer.submit("claim", ops.claim_next_jobs, api.state, wid, limit)
+        return api.writer.submit("claim", ops.claim_next_jobs, api.state, wid, limit)
 
-    async def _is_complete(self, parts: list[str], scope: Any, receive: Any) -> Any:
+    def _is_complete(self, parts: list[str], query: bytes, body: bytes) -> Any:
         snap = self.api.snapshot(_int_part(parts[1], "id"))
         return {
             "is_complete": snap.is_complete,
@@ -199,15 +280,23 @@ class HotRoutes:
             "needs_to_run_completion_script": False,
         }
 
-    async def _batch_complete_jobs(self, parts: list[str], scope: Any, receive: Any) -> Any:
+    def _batch_complete_jobs(self, parts: list[str], query: bytes, body: bytes) -> Any:
         wid = _int_part(parts[1], "id")
-        body = await self._json(receive)
-        if not isinstance(body, dict):
+        data = _json(body)
+        if not isinstance(data, dict):
             raise ApiError(422, "the JSON body must be an object")
-        entries = body.get("completions")
+        entries = data.get("completions")
         if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
             raise ApiError(422, "'completions' must be a list of job completion entries")
         api = self.api
-        return await api.writer.submit(
+        return api.writer.submit(
             "batch_complete_jobs", ops.batch_complete_jobs, api.state, wid, entries
+        )
+
+    def _batch_start_jobs(self, parts: list[str], query: bytes, body: bytes) -> Any:
+        wid = _int_part(parts[1], "id")
+        run_id, node, job_ids = ops.validate_batch_start(_json_object(body))
+        api = self.api
+        return api.writer.submit(
+            "batch_start_jobs", ops.batch_start_jobs, api.state, wid, run_id, node, job_ids
         )

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
-import hmac
 import logging
 import os
 import signal
@@ -23,8 +21,9 @@ import orjson
 from torc_stress.errors import ConfigError
 from torc_stress.logs import configure_logging, kv
 from torc_stress.server.app import Api, build_app, error_response
+from torc_stress.server.auth import UNAUTHORIZED_MESSAGE, authorization_header, token_accepted
+from torc_stress.server.fast_lane import fast_lane_protocol
 from torc_stress.server.metrics import Metrics
-from torc_stress.server.protocol import CoalescingHttpToolsProtocol
 from torc_stress.server.state import ServerState
 from torc_stress.server.store import ReadPool, create_schema, open_writer_connection
 from torc_stress.server.unblocker import UnblockerThread
@@ -83,27 +82,17 @@ def _open_database(path: Path, lock_error_after: float) -> sqlite3.Connection:
 
 
 def _token_middleware(app: Any, token: str) -> Any:
-    expected_basic = {base64.b64encode(f"{u}:{token}".encode()).decode() for u in ("token",)}
+    token_bytes = token.encode("utf-8")
 
     async def middleware(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await app(scope, receive, send)
             return
-        header = dict(scope.get("headers") or ()).get(b"authorization", b"").decode("latin-1")
-        ok = False
-        if header.startswith("Bearer "):
-            ok = hmac.compare_digest(header[7:].strip(), token)
-        elif header.startswith("Basic "):
-            raw = header[6:].strip()
-            try:
-                password = base64.b64decode(raw).decode().split(":", 1)[1]
-                ok = hmac.compare_digest(password, token) or raw in expected_basic
-            except (ValueError, IndexError):
-                ok = False
-        if ok or scope.get("path", "").endswith("/ping"):
+        header = authorization_header(scope.get("headers") or [])
+        if token_accepted(header, token_bytes) or scope.get("path", "").endswith("/ping"):
             await app(scope, receive, send)
             return
-        response = error_response(401, "missing or wrong token; pass the run's token")
+        response = error_response(401, UNAUTHORIZED_MESSAGE)
         await response(scope, receive, send)
 
     return middleware
@@ -145,7 +134,8 @@ def serve(settings: ServerSettings) -> int:
         unblocker.start()
     reads = ReadPool(db_path)
     api = Api(state, writer, reads, metrics)
-    app: Any = build_app(api)
+    torc_app = build_app(api)
+    app: Any = torc_app
     if token is not None:
         app = _token_middleware(app, token)
 
@@ -175,7 +165,8 @@ def serve(settings: ServerSettings) -> int:
         metrics_thread = threading.Thread(target=dump_loop, name="metrics", daemon=True)
         metrics_thread.start()
 
-    config = uvicorn.Config(app, loop="uvloop", http=CoalescingHttpToolsProtocol, log_config=None,
+    config = uvicorn.Config(app, loop="uvloop", http=fast_lane_protocol(torc_app.hot, token),
+                            log_config=None,
                             access_log=False, lifespan="off", timeout_keep_alive=30,
                             backlog=1024, proxy_headers=False)
     server = uvicorn.Server(config)
