@@ -106,6 +106,7 @@ class Worker(ClaimerMixin, ReporterMixin):
         self.output_dir = Path(output_dir).absolute()
         self.node_name = node_name
         self.batch_completions = batch_completions
+        self._batch_starts = True  # until the server turns out not to have batch_start_jobs
         self.grace_s = grace_s
         self.unavailable_timeout_s = unavailable_timeout_s
         self.pid = os.getpid()
@@ -244,6 +245,12 @@ class Worker(ClaimerMixin, ReporterMixin):
             target()
         except StressError as exc:
             self._thread_error = exc
+            self._wake_main()
+        except Exception as exc:  # noqa: BLE001 - a bug must end the worker, not hang it
+            log.exception("worker thread crashed", extra=kv(thread=threading.current_thread().name))
+            self._thread_error = StressError(
+                f"the worker's {threading.current_thread().name} thread crashed: "
+                f"{type(exc).__name__}: {exc} (a bug: please report it with the worker log)")
             self._wake_main()
 
     def _wake_main(self) -> None:
@@ -473,10 +480,12 @@ class Worker(ClaimerMixin, ReporterMixin):
         if reporter is not None and reporter.is_alive():
             reporter.join(timeout)
         else:
-            with contextlib.suppress(StressError):
+            try:
                 while self._reports and time.monotonic() < deadline:
                     if not self._deliver_head():
                         time.sleep(0.05)
+            except Exception as exc:  # noqa: BLE001 - what is left is counted below
+                log.debug("delivery at exit failed", extra=kv(error=str(exc)))
         self._abandon.set()
         if reporter is not None:
             reporter.join(1.0)

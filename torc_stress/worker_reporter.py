@@ -8,7 +8,7 @@ import threading
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from torc_stress.errors import StressError
+from torc_stress.errors import ApiError, StressError
 from torc_stress.logs import kv
 from torc_stress.worker_logic import Backoff, classify_failure
 from torc_stress.worker_records import Report
@@ -30,6 +30,7 @@ class ReporterMixin:
         run_id: int
         node: dict[str, Any]
         batch_completions: bool
+        _batch_starts: bool
         claimed: deque[dict[str, Any]]
         retries: dict[str, int]
         _reports: deque[Report]
@@ -74,8 +75,8 @@ class ReporterMixin:
         """
         head = self._reports[0]
         if head.kind == "start":
-            batch = [head]
-            settled = self._send_start(head)
+            batch = [r for r in itertools.islice(self._reports, 0, 1000) if r.kind == "start"]
+            settled = self._send_starts(batch)
         elif self.batch_completions:
             batch = list(itertools.takewhile(lambda r: r.kind == "complete",
                                              itertools.islice(self._reports, 0, 1000)))
@@ -85,8 +86,7 @@ class ReporterMixin:
             settled = self._send_one(head)
         if settled:
             with self._reports_cv:
-                for _ in batch:
-                    self._reports.popleft()
+                _drop_delivered(self._reports, batch)
             if head.kind == "complete" and not self.claimed and not self._reports:
                 # NOTE: a completion may unblock other jobs (a stage's last one does): once its
                 # last completion is delivered, an idle worker looks for work at once. Resetting
@@ -97,7 +97,42 @@ class ReporterMixin:
             self._wake_main()
         return settled
 
+    def _send_starts(self, batch: list[Report]) -> bool:
+        """Starts the jobs of ``batch`` (one ``batch_start_jobs``); True when settled.
+
+        A server without ``batch_start_jobs`` (torc's own answers 404) gets ``start_job`` per
+        job from then on.
+        """
+        if not self._batch_starts:
+            return all(self._send_start(report) for report in batch) if batch else True
+        try:
+            answer = self.client.batch_start_jobs(self.workflow_id, self.run_id,
+                                                  int(self.node["id"]),
+                                                  [r.job_id for r in batch])
+        except StressError as exc:
+            if isinstance(exc, ApiError) and exc.status in (404, 405):
+                log.info("the server has no batch_start_jobs; starting jobs one by one",
+                         extra=kv(error=str(exc)))
+                self._batch_starts = False
+                return self._send_starts(batch)
+            if classify_failure(exc) != "retry":
+                return all(self._send_start(report) for report in batch)
+            for report in batch:
+                report.failed_before = True
+            self.retries["start_job"] += 1
+            self._note_failure("start_job", exc)
+            return False
+        self._note_success()
+        for error in answer.get("errors") or []:
+            log.warning("job not started; killing it",
+                        extra=kv(job_id=error.get("job_id"), error=error.get("message")))
+            self._refused.append(int(error.get("job_id", -1)))
+        if answer.get("errors"):
+            self._wake_main()
+        return True
+
     def _send_start(self, report: Report) -> bool:
+        """Starts one job with ``start_job``; True when settled."""
         try:
             self.client.start_job(report.job_id, self.run_id, int(self.node["id"]))
         except StressError as exc:
@@ -151,3 +186,14 @@ class ReporterMixin:
                     else "completion refused; dropping it",
                     extra=kv(job_id=report.job_id, error=str(exc)))
         return True
+
+
+def _drop_delivered(reports: deque[Report], delivered: list[Report]) -> None:
+    """Removes ``delivered`` (taken from the front part of ``reports``) from ``reports``."""
+    if len(delivered) == 1 and reports and reports[0] is delivered[0]:
+        reports.popleft()
+        return
+    gone = {id(r) for r in delivered}
+    keep = [r for r in reports if id(r) not in gone]
+    reports.clear()
+    reports.extend(keep)

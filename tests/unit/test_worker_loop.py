@@ -11,8 +11,9 @@ from typing import Any
 import orjson
 
 from torc_stress.client import LatencyRecorder
-from torc_stress.errors import ConflictError, ServerUnavailable
+from torc_stress.errors import ConflictError, NotFoundError, ServerUnavailable
 from torc_stress.worker import Worker
+from torc_stress.worker_records import Report
 
 DONE = {"completed", "failed", "canceled", "terminated"}
 
@@ -33,6 +34,8 @@ class FakeServer:
         self.canceled = False
         self.node: dict[str, Any] = {}
         self.lock = threading.Lock()
+        self.has_batch_start = True
+        self.start_calls: list[str] = []
 
     def _unblock(self) -> None:
         for jid, job in self.jobs.items():
@@ -72,8 +75,23 @@ class FakeServer:
             return [dict(j) for j in ready]
 
     def start_job(self, job_id: int, run_id: int, node_id: int) -> dict[str, Any]:
+        self.start_calls.append("start_job")
         self.jobs[job_id]["status"] = "running"
         return dict(self.jobs[job_id])
+
+    def batch_start_jobs(self, wf: int, run_id: int, node_id: int,
+                         job_ids: list[int]) -> dict[str, Any]:
+        if not self.has_batch_start:
+            raise NotFoundError(404, "no route POST /workflows/1/batch_start_jobs")
+        self.start_calls.append("batch_start_jobs")
+        started, errors = [], []
+        for job_id in job_ids:
+            try:
+                self.start_job(job_id, run_id, node_id)
+                started.append(job_id)
+            except ConflictError as exc:
+                errors.append({"job_id": job_id, "message": str(exc)})
+        return {"started": started, "errors": errors}
 
     def complete_job(self, job_id: int, status: str, run_id: int,
                      result: dict[str, Any]) -> dict[str, Any]:
@@ -275,3 +293,43 @@ def test_a_job_the_server_refuses_to_start_is_killed_and_not_reported_completed(
     assert server.jobs[1]["status"] == "canceled"
     assert server.jobs[2]["status"] == "completed"
     assert worker.jobs_failed == 1  # the killed job counts as terminated, not completed
+
+
+def test_every_start_waiting_for_delivery_goes_in_one_batch_start_request(tmp_path: Path) -> None:
+    jobs = {i: {"id": i, "name": f"j{i}", "command": "true", "status": "pending"}
+            for i in range(1, 6)}
+    server = FakeServer(jobs)
+    worker = Worker(server, 1, max_parallel_jobs=2, output_dir=tmp_path,  # type: ignore[arg-type]
+                    node_name="w1")
+    worker.node = {"id": 7}
+    worker._reports.extend([Report("start", 1), Report("start", 2),
+                            Report("complete", 1, "completed", {"job_id": 1}),
+                            Report("start", 3), Report("start", 4),
+                            Report("complete", 2, "completed", {"job_id": 2})])
+    assert worker._deliver_head()
+    assert server.start_calls == ["batch_start_jobs"] + ["start_job"] * 4
+    assert [(r.kind, r.job_id) for r in worker._reports] == [("complete", 1), ("complete", 2)]
+    assert [jobs[i]["status"] for i in range(1, 6)] == ["running"] * 4 + ["pending"]
+
+
+def test_a_server_without_batch_start_jobs_gets_one_start_job_per_job(tmp_path: Path) -> None:
+    server = FakeServer(diamond())
+    server.has_batch_start = False
+    code, _ = run_worker(server, tmp_path)
+    assert code == 0
+    assert all(job["status"] == "completed" for job in server.jobs.values())
+    assert server.start_calls == ["start_job"] * 6
+
+
+def test_a_crash_in_the_reporter_thread_ends_the_worker_with_an_error_instead_of_hanging(
+        tmp_path: Path) -> None:
+    server = FakeServer(diamond())
+
+    def broken(*args: Any) -> dict[str, Any]:
+        raise RuntimeError("a bug")
+
+    server.batch_start_jobs = broken  # type: ignore[method-assign]
+    started = time.monotonic()
+    code, _ = run_worker(server, tmp_path)
+    assert code == 1
+    assert time.monotonic() - started < 30
