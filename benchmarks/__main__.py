@@ -35,7 +35,9 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Settings, Path | None]:
     parser.add_argument("--capacity-jobs", type=int, default=10000)
     parser.add_argument("--capacity-threads", type=int, default=8)
     parser.add_argument("--claim-limit", type=int, default=10,
-                        help="jobs per claim in the capacity measurement")
+                        help="jobs per claim in the per-job capacity measurement")
+    parser.add_argument("--batched-claim-limit", type=int, default=100,
+                        help="jobs per claim in the batched capacity measurement")
     parser.add_argument("--no-batched", action="store_true", help="skip batched completions")
     parser.add_argument("--no-capacity", action="store_true", help="skip the capacity runs")
     parser.add_argument("--run-timeout", type=float, default=None,
@@ -46,14 +48,15 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Settings, Path | None]:
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     for name in ("stages", "jobs_per_stage", "workers", "max_parallel_jobs", "repeat",
-                 "capacity_jobs", "capacity_threads", "claim_limit"):
+                 "capacity_jobs", "capacity_threads", "claim_limit", "batched_claim_limit"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     settings = Settings(
         stages=args.stages, jobs_per_stage=args.jobs_per_stage, workers=args.workers,
         max_parallel_jobs=args.max_parallel_jobs, repeat=args.repeat,
         capacity_jobs=args.capacity_jobs, capacity_threads=args.capacity_threads,
-        claim_limit=args.claim_limit, batched=not args.no_batched,
+        claim_limit=args.claim_limit, batched_claim_limit=args.batched_claim_limit,
+        batched=not args.no_batched,
         capacity=not args.no_capacity, run_timeout=args.run_timeout, keep=args.keep,
     )
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,

@@ -1,11 +1,17 @@
 """Server completion capacity with no spawning: client threads claim, start and complete.
 
 A fresh server gets one workflow of ``jobs`` independent jobs. ``threads`` threads, each with its
-own :class:`TorcClient` and compute node, loop: ``claim_next_jobs(limit)``, then per claimed job
-``start_job``, then either ``complete_job`` per job or one ``batch_complete_jobs`` for the claim.
+own :class:`TorcClient` and compute node, loop: ``claim_next_jobs(limit)``, then start the claimed
+jobs, then complete them. The modes (:data:`MODES`) differ in how:
+
+- ``per-job``: one ``batch_start_jobs`` for the claim, one ``complete_job`` per job (what the
+  project's worker does by default: one completion request per job);
+- ``batched``: one ``batch_start_jobs`` and one ``batch_complete_jobs`` per claim;
+- ``torc-protocol``: one ``start_job`` and one ``complete_job`` per job (torc's own worker).
+
 Nothing is spawned, so the rate is what the server (and this Python client) can do.
 
-Run alone: ``python -m benchmarks.capacity --jobs 10000 --threads 8 [--batch]``.
+Run alone: ``python -m benchmarks.capacity --jobs 10000 --threads 8 [--mode batched]``.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ class CapacityResult:
     """One capacity measurement.
 
     Attributes:
-        mode: ``per-job`` or ``batched``.
+        mode: one of :data:`MODES`.
         jobs: jobs completed.
         threads: client threads.
         claim_limit: jobs per claim.
@@ -55,6 +61,9 @@ class CapacityResult:
         return self.jobs / self.server_cpu_s if self.server_cpu_s > 0 else float("nan")
 
 
+MODES = ("per-job", "batched", "torc-protocol")
+
+
 def _create_workload(client: TorcClient, jobs: int) -> tuple[int, int]:
     workflow_id = int(client.create_workflow("capacity benchmark", "bench")["id"])
     client.create_jobs([{"workflow_id": workflow_id, "name": f"job_{i:06d}", "command": "true"}
@@ -67,13 +76,13 @@ def _create_workload(client: TorcClient, jobs: int) -> tuple[int, int]:
 class _Loop:
     """One client thread's loop over claim / start / complete."""
 
-    def __init__(self, url: str, workflow_id: int, run_id: int, limit: int, batch: bool,
+    def __init__(self, url: str, workflow_id: int, run_id: int, limit: int, mode: str,
                  index: int) -> None:
         self.client = TorcClient(url)
         self.workflow_id = workflow_id
         self.run_id = run_id
         self.limit = limit
-        self.batch = batch
+        self.mode = mode
         self.node_id = int(self.client.create_compute_node(
             workflow_id, f"capacity-{index}", os.getpid())["id"])
         self.completed = 0
@@ -98,22 +107,30 @@ class _Loop:
                 "status": "completed"}
 
     def _finish(self, claimed: list[dict[str, Any]]) -> None:
-        for job in claimed:
-            self.client.start_job(int(job["id"]), self.run_id, self.node_id)
-            if not self.batch:
-                self.client.complete_job(int(job["id"]), "completed", self.run_id,
-                                         self._result(int(job["id"])))
-        if self.batch:
-            entries = [{"job_id": int(j["id"]), "run_id": self.run_id, "status": "completed",
-                        "result": self._result(int(j["id"]))} for j in claimed]
-            answer = self.client.batch_complete_jobs(self.workflow_id, entries)
-            if answer.get("errors"):
-                raise BenchmarkError(f"batch_complete_jobs refused: {answer['errors'][:3]}")
+        ids = [int(job["id"]) for job in claimed]
+        client = self.client
+        if self.mode == "torc-protocol":
+            for job_id in ids:
+                client.start_job(job_id, self.run_id, self.node_id)
+                client.complete_job(job_id, "completed", self.run_id, self._result(job_id))
+        else:
+            started = client.batch_start_jobs(self.workflow_id, self.run_id, self.node_id, ids)
+            if started.get("errors"):
+                raise BenchmarkError(f"batch_start_jobs refused: {started['errors'][:3]}")
+            if self.mode == "per-job":
+                for job_id in ids:
+                    client.complete_job(job_id, "completed", self.run_id, self._result(job_id))
+            else:
+                entries = [{"job_id": job_id, "run_id": self.run_id, "status": "completed",
+                            "result": self._result(job_id)} for job_id in ids]
+                answer = client.batch_complete_jobs(self.workflow_id, entries)
+                if answer.get("errors"):
+                    raise BenchmarkError(f"batch_complete_jobs refused: {answer['errors'][:3]}")
         self.completed += len(claimed)
 
 
 def run_capacity(jobs: int = 10000, threads: int = 8, claim_limit: int = 10, *,
-                 batch: bool = False, timeout: float = 300.0,
+                 mode: str = "per-job", timeout: float = 300.0,
                  keep: bool = False) -> CapacityResult:
     """Measures completions/s of a fresh server driven by client threads (no spawning).
 
@@ -121,17 +138,19 @@ def run_capacity(jobs: int = 10000, threads: int = 8, claim_limit: int = 10, *,
         jobs: independent jobs to complete.
         threads: client threads.
         claim_limit: jobs per ``claim_next_jobs``.
-        batch: complete each claim with one ``batch_complete_jobs``.
+        mode: one of :data:`MODES`.
         timeout: seconds before the measurement is abandoned.
         keep: keep the server's files.
 
     Raises:
         BenchmarkError: a request failed, not every job completed, or the timeout passed.
     """
+    if mode not in MODES:
+        raise BenchmarkError(f"unknown capacity mode {mode!r}; use one of {', '.join(MODES)}")
     with scratch_dir("capacity", keep) as workdir, ServerProcess(workdir) as server:
         client = TorcClient(server.url)
         workflow_id, run_id = _create_workload(client, jobs)
-        loops = [_Loop(server.url, workflow_id, run_id, claim_limit, batch, i)
+        loops = [_Loop(server.url, workflow_id, run_id, claim_limit, mode, i)
                  for i in range(threads)]
         stop = threading.Event()
         pool = [threading.Thread(target=loop.run, args=(stop,), daemon=True) for loop in loops]
@@ -143,7 +162,7 @@ def run_capacity(jobs: int = 10000, threads: int = 8, claim_limit: int = 10, *,
         server_cpu, client_cpu = cpu_seconds(server.pid) - cpu0, time.process_time() - client0
         _check(loops, jobs, client, workflow_id)
         client.close()
-    return CapacityResult("batched" if batch else "per-job", jobs, threads, claim_limit,
+    return CapacityResult(mode, jobs, threads, claim_limit,
                           seconds, server_cpu, client_cpu)
 
 
@@ -173,9 +192,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=10000)
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--claim-limit", type=int, default=10)
-    parser.add_argument("--batch", action="store_true")
+    parser.add_argument("--mode", choices=MODES, default="per-job")
     args = parser.parse_args(argv)
-    result = run_capacity(args.jobs, args.threads, args.claim_limit, batch=args.batch)
+    result = run_capacity(args.jobs, args.threads, args.claim_limit, mode=args.mode)
     print(f"{result.mode}: {result.jobs} completions in {result.seconds:.2f} s = "
           f"{result.per_second:.0f}/s; server CPU {result.server_cpu_s:.2f} s "
           f"({result.per_server_cpu_second:.0f} completions per server CPU s); "

@@ -166,8 +166,10 @@ def capacity_table(results: SuiteResults) -> str:
             _num(stats.median(r.client_cpu_s / r.seconds for r in measured), 2),
             _values([r.per_second for r in measured], 0),
         ])
-    return ("capacity: client threads claim(limit) / start_job / complete over HTTP, "
-            "no spawning\n" + tabulate(rows, disable_numparse=True, headers=[
+    return ("capacity: client threads claim(limit) / start / complete over HTTP, no spawning "
+            "(per-job: batch_start_jobs per claim, complete_job per job; batched: also "
+            "batch_complete_jobs per claim; torc-protocol: start_job and complete_job per job)\n"
+            + tabulate(rows, disable_numparse=True, headers=[
                 "completions", "jobs", "threads", "claim limit", "per s (median)",
                 "per server CPU s", "server cores busy", "client cores busy", "per s, each"]))
 

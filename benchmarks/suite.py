@@ -42,6 +42,7 @@ class Settings:
     capacity_jobs: int = 10000
     capacity_threads: int = 8
     claim_limit: int = 10
+    batched_claim_limit: int = 100
     batched: bool = True
     capacity: bool = True
     run_timeout: float | None = None
@@ -93,12 +94,14 @@ def run_suite(settings: Settings) -> SuiteResults:
                                  batch=batch, timeout=timeout, keep=settings.keep)
             results.runs.setdefault(run.mode, []).append(run)
     if settings.capacity:
+        capacity_modes = ["per-job", "batched", "torc-protocol"] if settings.batched \
+            else ["per-job", "torc-protocol"]
         for index in range(settings.repeat):
-            for batch in modes:
-                log.info("repeat %d/%d: capacity, %s", index + 1, settings.repeat,
-                         "batched" if batch else "per-job")
-                result = run_capacity(settings.capacity_jobs, settings.capacity_threads,
-                                      settings.claim_limit, batch=batch,
+            for mode in capacity_modes:
+                log.info("repeat %d/%d: capacity, %s", index + 1, settings.repeat, mode)
+                limit = settings.batched_claim_limit if mode == "batched" else settings.claim_limit
+                result = run_capacity(settings.capacity_jobs, settings.capacity_threads, limit,
+                                      mode=mode,
                                       timeout=settings.timeout_for(settings.capacity_jobs),
                                       keep=settings.keep)
                 results.capacity.setdefault(result.mode, []).append(result)
