@@ -22,6 +22,7 @@ from torc_stress.errors import ConfigError
 from torc_stress.logs import configure_logging, kv
 from torc_stress.server.app import Api, build_app, error_response
 from torc_stress.server.auth import UNAUTHORIZED_MESSAGE, authorization_header, token_accepted
+from torc_stress.server.checkpointer import Checkpointer, disable_autocheckpoint
 from torc_stress.server.fast_lane import fast_lane_protocol
 from torc_stress.server.metrics import Metrics
 from torc_stress.server.state import ServerState
@@ -120,6 +121,9 @@ def serve(settings: ServerSettings) -> int:
     state = ServerState(metrics, settings.unblock_delay)
     state.conn = conn
     state.load(conn)
+    disable_autocheckpoint(conn)
+    checkpointer = Checkpointer(db_path, metrics)
+    checkpointer.start()
     writer = Writer(conn, state, metrics, settings.lock_error_after)
     writer.start()
     if state.pending_unblock:
@@ -181,6 +185,7 @@ def serve(settings: ServerSettings) -> int:
         if unblocker is not None:
             unblocker.stop()
         writer.stop()
+        checkpointer.stop()
         stop_metrics.set()
         if metrics_thread is not None:
             metrics_thread.join(10)  # a periodic dump in progress must not land after ours

@@ -112,6 +112,9 @@ class Metrics:
         self.unblock_hop = Histogram()
         self.requests: dict[str, RequestStats] = {}
         self.lock_errors = 0
+        self.checkpoints = 0
+        self.checkpoint_frames = 0
+        self.checkpoint_ms = Histogram()
 
     def op(self, kind: str) -> OpStats:
         """Returns (creating) the stats of one op kind; call with :attr:`lock` held."""
@@ -161,6 +164,11 @@ class Metrics:
                 "hop_ms": self.unblock_hop.summary(),
             }
             lock_errors = self.lock_errors
+            checkpoints = {
+                "count": self.checkpoints,
+                "frames": self.checkpoint_frames,
+                "duration_ms": self.checkpoint_ms.summary(),
+            }
         requests = {
             route: {"count": s.count, "errors": s.errors, "latency_ms": s.latency_ms.summary()}
             for route, s in sorted(list(self.requests.items()))
@@ -181,6 +189,7 @@ class Metrics:
             "write_path": write_path,
             "transactions": transactions,
             "unblock": unblock,
+            "checkpoints": checkpoints,
             "requests": requests,
             "lock_errors": lock_errors,
         }
