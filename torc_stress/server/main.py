@@ -122,10 +122,10 @@ def serve(settings: ServerSettings) -> int:
     state.conn = conn
     state.load(conn)
     disable_autocheckpoint(conn)
-    checkpointer = Checkpointer(db_path, metrics)
-    checkpointer.start()
     writer = Writer(conn, state, metrics, settings.lock_error_after)
     writer.start()
+    checkpointer = Checkpointer(db_path, metrics, writer.exec_lock)
+    checkpointer.start()
     if state.pending_unblock:
         logger.info("redoing unblocking lost at the last stop",
                     extra=kv(completions=len(state.pending_unblock)))

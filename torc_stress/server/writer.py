@@ -107,6 +107,11 @@ class Writer:
         self._stopped = False
         conn.execute("PRAGMA busy_timeout=0")
 
+    @property
+    def exec_lock(self) -> threading.Lock:
+        """Held while a transaction runs (the checkpointer holds it to let the WAL restart)."""
+        return self._exec_lock
+
     # -- submission -------------------------------------------------------------------------
     def submit(self, kind: str, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
         """Queues an op from the event loop; await the returned future for its result."""
