@@ -1,22 +1,21 @@
 """The write operations. Each runs on the writer thread as ``fn(conn, state, *args)``.
 
 Each op validates first (raising ApiError), then writes SQL, then changes memory. The ops live
-in :mod:`ops_workflows`, :mod:`ops_jobs` and :mod:`ops_nodes`; this module names them all.
+in :mod:`ops_workflows`, :mod:`ops_jobs`, :mod:`ops_complete` and :mod:`ops_nodes`; this module
+names them all.
 """
 
 from __future__ import annotations
 
 from torc_stress.server.ops_common import _workflow_model as _workflow_model
+from torc_stress.server.ops_complete import batch_complete_jobs, complete_job, validate_result
 from torc_stress.server.ops_jobs import (
-    batch_complete_jobs,
     batch_start_jobs,
     claim_jobs_based_on_resources,
     claim_next_jobs,
-    complete_job,
     create_jobs,
     start_job,
     validate_batch_start,
-    validate_result,
 )
 from torc_stress.server.ops_nodes import (
     create_compute_node,

@@ -7,17 +7,14 @@ import sqlite3
 import time
 from typing import Any
 
-from torc_stress.errors import ApiError, ConflictError
+from torc_stress.errors import ConflictError
 from torc_stress.server.ops_common import (
-    _COMPLETION_TARGETS,
     _bad,
     _get,
     _job_model,
     _row_id,
 )
 from torc_stress.server.state import (
-    _DONE_INTS,
-    _FAILURE_INTS,
     MAX_BULK_JOBS,
     JobMem,
     ServerState,
@@ -371,159 +368,3 @@ def batch_start_jobs(
             jm.node_id = node_id
         started.extend(fresh)
     return {"started": started, "errors": errors}
-
-
-_RESULT_FIELDS = (
-    "job_id",
-    "workflow_id",
-    "run_id",
-    "compute_node_id",
-    "return_code",
-    "exec_time_minutes",
-    "completion_time",
-    "status",
-)
-
-
-def validate_result(body: Any) -> dict[str, Any]:
-    """Checks a ``result_model`` body (pure; raises ApiError 422)."""
-    if not isinstance(body, dict):
-        raise _bad("the body must be a result_model object")
-    for key in ("job_id", "workflow_id", "run_id", "compute_node_id", "return_code"):
-        _get(body, key, int, required=True)
-    _get(body, "exec_time_minutes", (int, float), required=True)
-    _get(body, "completion_time", str, required=True)
-    status = _get(body, "status", str, required=True)
-    try:
-        JobStatus.from_wire(status)
-    except ValueError as exc:
-        raise _bad(str(exc)) from None
-    return body
-
-
-def _complete_one(
-    conn: sqlite3.Connection,
-    st: ServerState,
-    job_id: int,
-    status: int,
-    run_id: int,
-    result: dict[str, Any],
-) -> None:
-    jm = st.job(job_id)
-    wf = st.workflows[jm.workflow_id]
-    if status not in _COMPLETION_TARGETS:
-        raise _bad(
-            f"status {JobStatus(status).wire!r} is not a completion status; use completed, "
-            "failed, canceled, terminated or pending_failed"
-        )
-    if jm.status in _DONE_INTS:
-        raise ConflictError(422, f"job {job_id} is already {JobStatus(jm.status).wire}")
-    if run_id != wf.run_id:
-        raise ConflictError(
-            422, f"run_id {run_id} does not match workflow {wf.id}'s run_id {wf.run_id}"
-        )
-    now = time.time()
-    rc = result["return_code"]
-    rid = _row_id(
-        conn.execute(
-            "INSERT INTO result (workflow_id, job_id, run_id, attempt_id, compute_node_id, "
-            "return_code, "
-            "exec_time_minutes, completion_time, status, peak_memory_bytes, avg_memory_bytes, "
-            "peak_cpu_percent, avg_cpu_percent) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (
-                wf.id,
-                job_id,
-                run_id,
-                result.get("attempt_id") or 1,
-                result["compute_node_id"],
-                rc,
-                result["exec_time_minutes"],
-                result["completion_time"],
-                status,
-                result.get("peak_memory_bytes"),
-                result.get("avg_memory_bytes"),
-                result.get("peak_cpu_percent"),
-                result.get("avg_cpu_percent"),
-            ),
-        )
-    )
-    conn.execute(
-        "INSERT OR REPLACE INTO workflow_result (workflow_id, job_id, result_id) VALUES (?,?,?)",
-        (wf.id, job_id, rid),
-    )
-    done = status in _DONE_INTS
-    conn.execute(
-        "UPDATE job SET status = ?, end_time = ?, unblocking_processed = ? WHERE id = ?",
-        (status, now, 0 if done else 1, job_id),
-    )
-    if jm.node_id is not None:
-        conn.execute(
-            "UPDATE job_internal SET active_compute_node_id = NULL WHERE job_id = ?", (job_id,)
-        )
-    st._set_status(job_id, jm, status)
-    jm.node_id = None
-    jm.failed = status in _FAILURE_INTS and rc != 0
-    if done:
-        st.pending_unblock.append((job_id, jm.failed, now))
-
-
-def complete_job(
-    conn: sqlite3.Connection,
-    st: ServerState,
-    job_id: int,
-    status: int,
-    run_id: int,
-    result: dict[str, Any],
-) -> dict[str, Any]:
-    """POST /jobs/{id}/complete_job/{status}/{run_id}: stores the result; 422 if already done."""
-    _complete_one(conn, st, job_id, status, run_id, result)
-    model = _job_model(conn, st, job_id)
-    st.jobs[job_id].model = None
-    return model
-
-
-def batch_complete_jobs(
-    conn: sqlite3.Connection, st: ServerState, workflow_id: int, entries: list[dict[str, Any]]
-) -> dict[str, Any]:
-    """POST /workflows/{id}/batch_complete_jobs: each entry on its own; errors listed.
-
-    No SAVEPOINT per entry: an entry is refused (ApiError, or an IntegrityError of its first
-    INSERT, which SQLite undoes by itself) before it changed anything, which
-    ``conn.total_changes`` confirms.
-    """
-    st.workflow(workflow_id)
-    completed: list[int] = []
-    errors: list[dict[str, Any]] = []
-    for entry in entries:
-        job_id = entry.get("job_id")
-        try:
-            if not isinstance(job_id, int) or isinstance(job_id, bool):
-                raise _bad("job_id must be an integer")
-            run_id = _get(entry, "run_id", int, required=True)
-            status_text = _get(entry, "status", str, required=True)
-            try:
-                status = int(JobStatus.from_wire(status_text))
-            except ValueError as exc:
-                raise _bad(str(exc)) from None
-            result = validate_result(entry.get("result"))
-            if st.job(job_id).workflow_id != workflow_id:
-                raise _bad(f"job {job_id} is not in workflow {workflow_id}")
-            before = conn.total_changes
-            try:
-                _complete_one(conn, st, job_id, status, run_id, result)
-            except BaseException as exc:
-                if conn.total_changes == before:
-                    raise  # refused before it wrote anything: only this entry fails
-                # failed half-way (not expected: every check comes before the first write, and
-                # a failing statement undoes itself): the writer rolls the whole request back
-                # and memory, changed by the entries before this one, is reloaded
-                st.needs_reload = True
-                raise RuntimeError(f"completing job {job_id} failed after it wrote: {exc}") from exc
-            completed.append(job_id)
-        except ApiError as exc:
-            errors.append(
-                {"job_id": job_id if isinstance(job_id, int) else -1, "message": str(exc)}
-            )
-        except sqlite3.IntegrityError as exc:
-            errors.append({"job_id": job_id, "message": f"conflicts with stored data: {exc}"})
-    return {"completed": completed, "errors": errors}
