@@ -43,8 +43,30 @@ class Completion:
     result: dict[str, Any]
 
 
+#: wire name -> status number (``completed`` -> 5)
+_STATUS_BY_WIRE = {s.wire: int(s) for s in JobStatus}
+_INT_FIELDS = ("job_id", "workflow_id", "run_id", "compute_node_id", "return_code")
+
+
+def _well_formed(body: Any) -> bool:
+    """The common case of :func:`validate_result` in a few type checks (``bool`` is no int)."""
+    if type(body) is not dict:
+        return False
+    try:
+        return (
+            all(type(body[key]) is int for key in _INT_FIELDS)
+            and type(body["exec_time_minutes"]) in (int, float)
+            and type(body["completion_time"]) is str
+            and body["status"] in _STATUS_BY_WIRE
+        )
+    except (KeyError, TypeError):
+        return False
+
+
 def validate_result(body: Any) -> dict[str, Any]:
     """Checks a ``result_model`` body (pure; raises ApiError 422)."""
+    if _well_formed(body):
+        return body
     if not isinstance(body, dict):
         raise _bad("the body must be a result_model object")
     for key in ("job_id", "workflow_id", "run_id", "compute_node_id", "return_code"):
@@ -177,12 +199,15 @@ def _check_entry(
     job_id = entry.get("job_id")
     if not isinstance(job_id, int) or isinstance(job_id, bool):
         raise _bad("job_id must be an integer")
-    run_id = _get(entry, "run_id", int, required=True)
-    status_text = _get(entry, "status", str, required=True)
-    try:
-        status = int(JobStatus.from_wire(status_text))
-    except ValueError as exc:
-        raise _bad(str(exc)) from None
+    run_id = entry.get("run_id")
+    status = _STATUS_BY_WIRE.get(entry.get("status"))  # type: ignore[arg-type]
+    if type(run_id) is not int or status is None:
+        run_id = _get(entry, "run_id", int, required=True)
+        status_text = _get(entry, "status", str, required=True)
+        try:
+            status = int(JobStatus.from_wire(status_text))
+        except ValueError as exc:
+            raise _bad(str(exc)) from None
     result = validate_result(entry.get("result"))
     if st.job(job_id).workflow_id != workflow_id:
         raise _bad(f"job {job_id} is not in workflow {workflow_id}")
