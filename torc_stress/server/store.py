@@ -103,8 +103,11 @@ CREATE TABLE IF NOT EXISTS job_depends_on (
 );
 CREATE INDEX IF NOT EXISTS idx_job_depends_on_upstream ON job_depends_on(depends_on_job_id);
 CREATE INDEX IF NOT EXISTS idx_job_depends_on_workflow ON job_depends_on(workflow_id);
+-- no AUTOINCREMENT on the per-completion tables: it rewrites sqlite_sequence in every
+-- transaction that inserts (one more page per commit); ids still grow, as nothing deletes the
+-- newest rows except deleting their workflow
 CREATE TABLE IF NOT EXISTS result (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    id INTEGER PRIMARY KEY,
     workflow_id INTEGER NOT NULL REFERENCES workflow(id) ON DELETE CASCADE,
     job_id INTEGER NOT NULL REFERENCES job(id) ON DELETE CASCADE,
     run_id INTEGER NOT NULL,
@@ -126,7 +129,7 @@ CREATE TABLE IF NOT EXISTS workflow_result (
     job_id INTEGER NOT NULL REFERENCES job(id) ON DELETE CASCADE,
     result_id INTEGER NOT NULL REFERENCES result(id) ON DELETE CASCADE,
     PRIMARY KEY (workflow_id, job_id)
-);
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS event (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     workflow_id INTEGER NOT NULL REFERENCES workflow(id) ON DELETE CASCADE,
