@@ -265,8 +265,11 @@ def wait_all(procs: Sequence[subprocess.Popen[bytes]], deadline: Deadline,
         for index, code in enumerate(codes):
             if code not in (None, 0):
                 tail = (workdir / f"proc-{index}.out").read_text(errors="replace")[-1500:]
+                logs = sorted(workdir.glob(f"workers/worker-w{index + 1}.log"))
+                log_tail = logs[0].read_text(errors="replace")[-3000:] if logs else ""
                 raise BenchmarkError(
-                    f"worker {index} (pid {procs[index].pid}) exited {code}:\n{tail}")
+                    f"worker {index} (pid {procs[index].pid}) exited {code}:\n{tail}"
+                    f"{log_tail}")
         if all(code == 0 for code in codes):
             return
         deadline.check()

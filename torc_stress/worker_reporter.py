@@ -73,13 +73,15 @@ class ReporterMixin:
         Returns:
             True when it is settled (taken, or refused for good); False to retry later.
         """
-        head = self._reports[0]
+        with self._reports_cv:  # the main thread appends meanwhile: iterate under the lock
+            head = self._reports[0]
+            window = list(itertools.islice(self._reports, 0, 1000)) \
+                if head.kind == "start" or self.batch_completions else []
         if head.kind == "start":
-            batch = [r for r in itertools.islice(self._reports, 0, 1000) if r.kind == "start"]
+            batch = [r for r in window if r.kind == "start"]
             settled = self._send_starts(batch)
         elif self.batch_completions:
-            batch = list(itertools.takewhile(lambda r: r.kind == "complete",
-                                             itertools.islice(self._reports, 0, 1000)))
+            batch = list(itertools.takewhile(lambda r: r.kind == "complete", window))
             settled = self._send_batch(batch)
         else:
             batch = [head]

@@ -1,4 +1,4 @@
-"""batch_start_jobs over real HTTP: starts claimed jobs, judges each id alone, refuses bad bodies."""
+"""batch_start_jobs over real HTTP: starts claimed jobs, judges each id alone, refuses bad input."""
 
 from __future__ import annotations
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -333,3 +334,50 @@ def test_a_crash_in_the_reporter_thread_ends_the_worker_with_an_error_instead_of
     code, _ = run_worker(server, tmp_path)
     assert code == 1
     assert time.monotonic() - started < 30
+
+
+class InstantClient:
+    """Takes every start and completion at once (the race under test is in the worker)."""
+
+    url = "http://fake/torc-service/v1"
+    recorder = None
+
+    def batch_start_jobs(self, wf: int, run_id: int, node: int, ids: list[int]) -> dict[str, Any]:
+        return {"started": ids, "errors": []}
+
+    def batch_complete_jobs(self, wf: int, entries: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"completed": [e["job_id"] for e in entries], "errors": []}
+
+
+def test_delivering_reports_while_the_main_thread_queues_more_never_trips_over_the_queue(
+        tmp_path: Path) -> None:
+    worker = Worker(InstantClient(), 1, max_parallel_jobs=2,  # type: ignore[arg-type]
+                    output_dir=tmp_path, node_name="w1", batch_completions=True)
+    worker.node = {"id": 7}
+    stop = threading.Event()
+
+    def queue_reports() -> None:
+        job_id = 0
+        while not stop.is_set():
+            job_id += 1
+            worker._report(Report("start", job_id))
+            worker._report(Report("complete", job_id, "completed", {"job_id": job_id}))
+            if len(worker._reports) > 3000:
+                time.sleep(0)
+
+    producer = threading.Thread(target=queue_reports)
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # hand the GIL over often, as a loaded worker does
+    producer.start()
+    delivered = 0
+    try:
+        until = time.monotonic() + 1.5
+        while time.monotonic() < until:
+            if worker._reports:
+                assert worker._deliver_head()
+                delivered += 1
+    finally:
+        stop.set()
+        producer.join()
+        sys.setswitchinterval(switch)
+    assert delivered > 100
