@@ -14,7 +14,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from torc_stress.errors import ApiError, ConflictError
-from torc_stress.server.ops_common import _COMPLETION_TARGETS, _bad, _get, _job_model
+from torc_stress.server.ops_common import (
+    _COMPLETION_TARGETS,
+    _bad,
+    _get,
+    _job_model,
+    checks_first,
+)
 from torc_stress.server.state import _DONE_INTS, _FAILURE_INTS, JobMem, ServerState
 from torc_stress.statuses import JobStatus
 
@@ -138,6 +144,7 @@ def apply_completions(st: ServerState, items: list[Completion], now: float) -> N
             st.pending_unblock.append((c.job_id, jm.failed, now))
 
 
+@checks_first
 def complete_job(
     conn: sqlite3.Connection,
     st: ServerState,
@@ -156,6 +163,7 @@ def complete_job(
     return model
 
 
+@checks_first
 def batch_complete_jobs(
     conn: sqlite3.Connection, st: ServerState, workflow_id: int, entries: list[dict[str, Any]]
 ) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from torc_stress.server.ops_common import (
     _get,
     _job_model,
     _row_id,
+    checks_first,
 )
 from torc_stress.server.state import (
     MAX_BULK_JOBS,
@@ -185,6 +186,7 @@ def _pop_ready(st: ServerState, wf: WorkflowMem, accept: Any, limit: int) -> lis
     return taken
 
 
+@checks_first
 def claim_next_jobs(
     conn: sqlite3.Connection, st: ServerState, workflow_id: int, limit: int
 ) -> dict[str, Any]:
@@ -265,6 +267,7 @@ def _claim(
 
 
 # -- run ---------------------------------------------------------------------------------------
+@checks_first
 def start_job(
     conn: sqlite3.Connection, st: ServerState, job_id: int, run_id: int, node_id: int
 ) -> dict[str, Any]:
@@ -316,6 +319,7 @@ def validate_batch_start(body: Any) -> tuple[int, int, list[int]]:
     return run_id, node_id, job_ids
 
 
+@checks_first
 def batch_start_jobs(
     conn: sqlite3.Connection,
     st: ServerState,

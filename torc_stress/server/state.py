@@ -151,12 +151,6 @@ class ServerState:
         self._in_batch_pass = False
 
     # -- writer hooks -----------------------------------------------------------------------
-    def begin_op(self) -> None:
-        """Nothing to remember: ops change memory only after their SQL succeeded."""
-
-    def rollback_op(self) -> None:
-        """An op failed; memory is untouched by construction unless the op said otherwise."""
-
     def end_of_batch(self, conn: sqlite3.Connection) -> None:
         """Runs the unblock pass in the batch's transaction (``--unblock-delay 0``)."""
         if not self.pending_unblock:

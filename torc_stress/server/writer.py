@@ -2,8 +2,10 @@
 
 Every mutation is an :class:`Op`. Ops queued in the same event-loop iteration (up to
 :data:`MAX_BATCH`) run in ONE ``BEGIN IMMEDIATE`` transaction with a SAVEPOINT per op (a failing
-op rolls back only itself), then the end-of-batch hook (the unblocker) runs, the transaction
-commits once and only then are the callers' futures resolved: an acknowledged write is durable.
+op rolls back only itself; ops marked ``checks_first`` go without, see
+:func:`~torc_stress.server.ops_common.checks_first`), then the end-of-batch hook (the
+unblocker) runs, the transaction commits once and only then are the callers' futures resolved:
+an acknowledged write is durable.
 SQLITE_BUSY (another *process* holds the write lock) is retried with jittered backoff without
 blocking the loop, and turned into a retryable 503 after ``lock_error_after`` seconds.
 """
@@ -36,14 +38,12 @@ class _Refused(Exception):  # noqa: N818 - internal signal: the batch got 503s, 
     """Raised by :meth:`Writer._begin` after ``lock_error_after`` seconds of SQLITE_BUSY."""
 
 
+class _Dirty(Exception):  # noqa: N818 - internal signal: roll the whole transaction back
+    """An op without a SAVEPOINT failed after it had written."""
+
+
 class BatchHooks(Protocol):
     """What the writer asks of the state it serves."""
-
-    def begin_op(self) -> None:
-        """Called before each op (marks the point an op-level rollback returns to)."""
-
-    def rollback_op(self) -> None:
-        """Called after an op failed and its savepoint was rolled back."""
 
     def end_of_batch(self, conn: sqlite3.Connection) -> None:
         """Runs inside the transaction after the batch's ops (the synchronous unblocker)."""
@@ -67,6 +67,8 @@ class Op:
     future: Any = None
     result: Any = None
     error: BaseException | None = None
+    #: run inside a SAVEPOINT of its own (False for ops marked ``checks_first``)
+    savepoint: bool = True
 
 
 def is_lock_error(exc: BaseException) -> bool:
@@ -119,7 +121,8 @@ class Writer:
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._pending.append(Op(kind, fn, args, time.perf_counter(), loop, future))
+        self._pending.append(Op(kind, fn, args, time.perf_counter(), loop, future,
+                                savepoint=not getattr(fn, "checks_first", False)))
         if not self._scheduled:
             self._scheduled = True
             loop.call_soon(self._flush_next)
@@ -266,43 +269,24 @@ class Writer:
         hooks = self._hooks
         metrics = self._metrics
         timings: list[tuple[str, float, float]] = []
-        for op in batch:
-            op_start = time.perf_counter()
-            hooks.begin_op()
-            conn.execute("SAVEPOINT op")
-            try:
-                op.result = op.fn(conn, *op.args)
-                conn.execute("RELEASE op")
-            except ApiError as exc:
-                conn.execute("ROLLBACK TO op")
-                conn.execute("RELEASE op")
-                hooks.rollback_op()
-                op.error = exc
-            except sqlite3.IntegrityError as exc:
-                conn.execute("ROLLBACK TO op")
-                conn.execute("RELEASE op")
-                hooks.rollback_op()
-                op.error = ApiError(422, f"the request conflicts with stored data: {exc}")
-            except Exception as exc:  # noqa: BLE001 - one op must not poison the batch
-                logger.exception("write op failed", extra=kv(op=op.kind))
-                conn.execute("ROLLBACK TO op")
-                conn.execute("RELEASE op")
-                hooks.rollback_op()
-                op.error = ApiError(500, f"internal error in {op.kind}: {exc}")
-            timings.append(
-                (op.kind, (op_start - op.enqueued) * 1000, (time.perf_counter() - op_start) * 1000)
-            )
+        try:
+            for op in batch:
+                op_start = time.perf_counter()
+                if op.savepoint:
+                    self._run_guarded(op)
+                else:
+                    self._run_unguarded(op)
+                timings.append((op.kind, (op_start - op.enqueued) * 1000,
+                                (time.perf_counter() - op_start) * 1000))
+        except _Dirty:
+            self._abandon(batch, "an operation failed half-way")
+            return
         try:
             hooks.end_of_batch(conn)
             conn.execute("COMMIT")
         except Exception as exc:
             logger.exception("transaction failed; rolling back", extra=kv(ops=len(batch)))
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            for op in batch:
-                op.result = None
-                op.error = ApiError(503, f"the write was not stored ({exc}); retry the request")
-            hooks.after_rollback(conn)
+            self._abandon(batch, str(exc))
             return
         hold_ms = (time.perf_counter() - tx_start) * 1000
         hooks.after_commit()
@@ -320,6 +304,42 @@ class Writer:
                 kind_stats.count += 1  # type: ignore[union-attr]
                 kind_stats.wait_ms.add(wait_ms)  # type: ignore[union-attr]
                 kind_stats.hold_ms.add(op_hold)  # type: ignore[union-attr]
+
+    def _run_guarded(self, op: Op) -> None:
+        """Runs ``op`` in a SAVEPOINT: a failure rolls back just its own writes."""
+        conn = self.conn
+        conn.execute("SAVEPOINT op")
+        try:
+            op.result = op.fn(conn, *op.args)
+        except Exception as exc:  # noqa: BLE001 - one op must not poison the batch
+            conn.execute("ROLLBACK TO op")
+            conn.execute("RELEASE op")
+            op.error = _op_error(op, exc)
+            return
+        conn.execute("RELEASE op")
+
+    def _run_unguarded(self, op: Op) -> None:
+        """Runs a ``checks_first`` op without a SAVEPOINT; _Dirty if it failed after a write."""
+        conn = self.conn
+        before = conn.total_changes
+        try:
+            op.result = op.fn(conn, *op.args)
+        except Exception as exc:  # noqa: BLE001 - one op must not poison the batch
+            if conn.total_changes != before:
+                logger.error("write op failed after it wrote; rolling the batch back",
+                             extra=kv(op=op.kind, error=str(exc)))
+                raise _Dirty from exc
+            op.error = _op_error(op, exc)
+
+    def _abandon(self, batch: list[Op], reason: str) -> None:
+        """Rolls the transaction back, reloads memory, and answers every op with a 503."""
+        conn = self.conn
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        for op in batch:
+            op.result = None
+            op.error = ApiError(503, f"the write was not stored ({reason}); retry the request")
+        self._hooks.after_rollback(conn)
 
     def _resolve(self, batch: list[Op]) -> None:
         """Hands every op's outcome to its caller (directly when on the op's own loop)."""
@@ -341,6 +361,16 @@ class Writer:
         for loop, ops in by_loop.items():
             with contextlib.suppress(RuntimeError):  # loop closed during shutdown
                 loop.call_soon_threadsafe(_resolve_on_loop, ops)
+
+
+def _op_error(op: Op, exc: Exception) -> ApiError:
+    """The error an op's caller gets for ``exc`` (unexpected ones are logged)."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, sqlite3.IntegrityError):
+        return ApiError(422, f"the request conflicts with stored data: {exc}")
+    logger.error("write op failed", exc_info=exc, extra=kv(op=op.kind))
+    return ApiError(500, f"internal error in {op.kind}: {exc}")
 
 
 def _settle(op: Op) -> None:
