@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from benchmarks.common import default_job_output_root
 from benchmarks.suite import Settings, run_suite, to_json
 from torc_stress.errors import StressError
 
@@ -38,6 +39,10 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Settings, Path | None]:
                         help="jobs per claim in the per-job capacity measurement")
     parser.add_argument("--batched-claim-limit", type=int, default=100,
                         help="jobs per claim in the batched capacity measurement")
+    parser.add_argument("--job-output-dir", type=Path, default=None,
+                        help="where the floor's and the workers' job stdout/stderr files go "
+                             "(default: /dev/shm when writable, else the system temp dir; the "
+                             "server's database stays in the system temp dir)")
     parser.add_argument("--no-batched", action="store_true", help="skip batched completions")
     parser.add_argument("--no-capacity", action="store_true", help="skip the capacity runs")
     parser.add_argument("--run-timeout", type=float, default=None,
@@ -58,6 +63,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Settings, Path | None]:
         claim_limit=args.claim_limit, batched_claim_limit=args.batched_claim_limit,
         batched=not args.no_batched,
         capacity=not args.no_capacity, run_timeout=args.run_timeout, keep=args.keep,
+        job_root=args.job_output_dir or default_job_output_root(),
     )
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)

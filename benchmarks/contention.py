@@ -25,6 +25,7 @@ from benchmarks.common import (
     children_cpu_seconds,
     count_lines,
     cpu_seconds,
+    default_job_output_root,
     peak_rss_bytes,
     read_jobs,
     scratch_dir,
@@ -93,7 +94,7 @@ class ContentionRun:
 
 
 def run_contention(plan: Any, *, workers: int, slots: int, batch: bool, timeout: float = 600.0,
-                   keep: bool = False) -> ContentionRun:
+                   keep: bool = False, job_root: Path | None = None) -> ContentionRun:
     """Runs the plan once through a fresh server and ``workers`` worker processes.
 
     Args:
@@ -103,34 +104,37 @@ def run_contention(plan: Any, *, workers: int, slots: int, batch: bool, timeout:
         batch: pass ``--batch-completions`` to the workers.
         timeout: seconds for the whole run before it is abandoned.
         keep: keep the server's and workers' files (the path is logged).
+        job_root: where the workers' output (job stdio, logs) goes; None: with the server's
+            files in the system temp dir.
 
     Raises:
         BenchmarkError: a process failed or the timeout passed.
     """
     deadline = Deadline(timeout, f"the {len(plan.jobs)}-job contention run")
-    with scratch_dir("contention", keep) as workdir:
+    with scratch_dir("contention", keep) as workdir, \
+            scratch_dir("contention-jobs", keep, job_root) as job_dir:
+        out_dir = job_dir / "workers"
         with ServerProcess(workdir) as server:
-            run, workflow_id = _drive(server, plan, workdir, workers=workers, slots=slots,
-                                      batch=batch, deadline=deadline)
+            run, workflow_id = _drive(server, plan, workdir, out_dir, workers=workers,
+                                      slots=slots, batch=batch, deadline=deadline)
         # NOTE: the server has stopped here, so its last commit is on disk before the DB is read.
         _add_database(run, server.database, workflow_id)
-        _add_workers(run, workdir / "workers")
-        _add_logs(run, server.log_file, workdir / "workers")
+        _add_workers(run, out_dir)
+        _add_logs(run, server.log_file, out_dir)
     return run
 
 
-def _drive(server: ServerProcess, plan: Any, workdir: Path, *, workers: int, slots: int,
-           batch: bool, deadline: Deadline) -> tuple[ContentionRun, int]:
+def _drive(server: ServerProcess, plan: Any, workdir: Path, out_dir: Path, *, workers: int,
+           slots: int, batch: bool, deadline: Deadline) -> tuple[ContentionRun, int]:
     client = TorcClient(server.url)
     workflow_id = submit_plan(client, plan, user="bench")
-    out_dir = workdir / "workers"
     out_dir.mkdir()
     commands = [worker_command(server.url, workflow_id, slots=slots, output_dir=out_dir,
                                node=f"w{i + 1}", batch=batch) for i in range(workers)]
     cpu0, children0 = cpu_seconds(server.pid), children_cpu_seconds()
     t0 = time.perf_counter()
     with started(commands, workdir) as procs:
-        wait_all(procs, deadline, workdir)
+        wait_all(procs, deadline, workdir, out_dir)
     wall = time.perf_counter() - t0
     workers_cpu = children_cpu_seconds() - children0
     cpu1, rss = cpu_seconds(server.pid), peak_rss_bytes(server.pid)
@@ -191,7 +195,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     plan = contention_plan(args.stages, args.jobs_per_stage)
     run = run_contention(plan, workers=args.workers, slots=args.max_parallel_jobs,
-                         batch=args.batch_completions, keep=args.keep)
+                         batch=args.batch_completions, keep=args.keep,
+                         job_root=default_job_output_root())
     ready = [h.ready_s * 1000 for h in run.hops if h.ready_s is not None]
     print(f"{run.mode}: makespan {run.makespan_s:.3f} s (wall {run.wall_s:.3f} s), "
           f"server CPU {run.cpu_per_1000_jobs:.3f} s/1000 jobs, peak RSS "

@@ -19,7 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import BenchmarkError, Deadline, children_cpu_seconds, scratch_dir
+from benchmarks.common import (
+    BenchmarkError,
+    Deadline,
+    children_cpu_seconds,
+    default_job_output_root,
+    scratch_dir,
+)
 
 
 @dataclass(frozen=True)
@@ -101,7 +107,7 @@ class FloorResult:
 
 
 def run_floor(jobs: Sequence[FloorJob], slots: int, *, timeout: float = 600.0,
-              keep: bool = False) -> FloorResult:
+              keep: bool = False, job_root: Path | None = None) -> FloorResult:
     """Runs the DAG's commands in-process on ``slots`` threads; returns makespan and CPU.
 
     Args:
@@ -109,11 +115,12 @@ def run_floor(jobs: Sequence[FloorJob], slots: int, *, timeout: float = 600.0,
         slots: concurrent commands (workers x max-parallel-jobs).
         timeout: seconds before the run is abandoned.
         keep: keep the stdout/stderr files.
+        job_root: where the stdout/stderr files go (None: the system temp dir).
 
     Raises:
         BenchmarkError: a command could not be spawned, or the timeout passed.
     """
-    with scratch_dir("floor", keep) as out_dir:
+    with scratch_dir("floor", keep, job_root) as out_dir:
         cpu0 = time.process_time() + children_cpu_seconds()
         seconds = _DagRun(jobs, slots, out_dir).run(Deadline(timeout, "the floor run"))
         return FloorResult(seconds, time.process_time() + children_cpu_seconds() - cpu0)
@@ -129,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--slots", type=int, default=8)
     args = parser.parse_args(argv)
     jobs = floor_jobs(contention_plan(args.stages, args.jobs_per_stage))
-    result = run_floor(jobs, args.slots)
+    result = run_floor(jobs, args.slots, job_root=default_job_output_root())
     print(f"floor: {len(jobs)} jobs on {args.slots} slots in {result.seconds:.3f} s "
           f"({len(jobs) / result.seconds:.0f} jobs/s), CPU {result.cpu_s:.2f} s")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 from collections.abc import Sequence
 
 from tabulate import tabulate
@@ -21,7 +22,7 @@ from benchmarks.suite import (
 )
 from torc_stress.stats import percentile
 
-_OPS = ("claim", "start_job", "complete_job", "batch_complete_jobs")
+_OPS = ("claim", "start_job", "batch_start_jobs", "complete_job", "batch_complete_jobs")
 
 
 def _num(value: float | None, digits: int = 3) -> str:
@@ -143,7 +144,9 @@ def server_table(results: SuiteResults) -> str:
             str(unblock.get("passes", "n/a")),
             _num((unblock.get("duration_ms") or {}).get("max"), 2),
             *(_num(((run.write_path.get(op) or {}).get("wait_ms") or {}).get("p99"), 2)
-              for op in ("claim", "start_job",
+              for op in ("claim",
+                         "batch_start_jobs" if "batch_start_jobs" in run.write_path
+                         else "start_job",
                          "complete_job" if mode == "per-job" else "batch_complete_jobs")),
             str(sum(int(v.get("busy_retries", 0)) for v in run.write_path.values())),
         ])
@@ -189,8 +192,10 @@ def stages_table(results: SuiteResults) -> str:
 def render(results: SuiteResults) -> str:
     """Returns every table, separated by blank lines."""
     before, after = results.load_before[0], results.load_after[0]
+    job_root = results.settings.job_root or tempfile.gettempdir()
     load = (f"machine: {os.cpu_count()} CPUs, load average {before:.1f} before, {after:.1f} after "
-            "(others' work shares these cores; compare ratios, not absolute times)")
+            "(others' work shares these cores; compare ratios, not absolute times); "
+            f"job stdio files in {job_root}")
     parts = [load, checks_table(results), figures_table(results), hops_table(results),
              latency_table(results), server_table(results)]
     if results.capacity:

@@ -11,6 +11,7 @@ import logging
 import math
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from benchmarks import stats
@@ -47,6 +48,8 @@ class Settings:
     capacity: bool = True
     run_timeout: float | None = None
     keep: bool = False
+    #: where job stdout/stderr go (the floor's and the workers'); None: the system temp dir
+    job_root: Path | None = None
 
     def timeout_for(self, jobs: int) -> float:
         """Seconds one run of ``jobs`` jobs may take: --run-timeout, else 120 s + 0.1 s/job."""
@@ -84,14 +87,16 @@ def run_suite(settings: Settings) -> SuiteResults:
     modes = [False, True] if settings.batched else [False]
     for index in range(settings.repeat):
         log.info("repeat %d/%d: floor", index + 1, settings.repeat)
-        floor = run_floor(floor_jobs(plan), settings.slots, timeout=timeout, keep=settings.keep)
+        floor = run_floor(floor_jobs(plan), settings.slots, timeout=timeout, keep=settings.keep,
+                          job_root=settings.job_root)
         results.floor_s.append(floor.seconds)
         results.floor_cpu_s.append(floor.cpu_s)
         for batch in modes:
             log.info("repeat %d/%d: %s completions", index + 1, settings.repeat,
                      "batched" if batch else "per-job")
             run = run_contention(plan, workers=settings.workers, slots=settings.max_parallel_jobs,
-                                 batch=batch, timeout=timeout, keep=settings.keep)
+                                 batch=batch, timeout=timeout, keep=settings.keep,
+                                 job_root=settings.job_root)
             results.runs.setdefault(run.mode, []).append(run)
     if settings.capacity:
         capacity_modes = ["per-job", "batched", "torc-protocol"] if settings.batched \
@@ -205,7 +210,8 @@ def to_json(results: SuiteResults) -> dict[str, Any]:
 
     return {
         "schema": 1,
-        "settings": asdict(results.settings),
+        "settings": {k: str(v) if isinstance(v, Path) else v
+                     for k, v in asdict(results.settings).items()},
         "jobs": results.jobs,
         "floor_s": results.floor_s,
         "floor_cpu_s": results.floor_cpu_s,
