@@ -51,6 +51,21 @@ class HopLevel:
     claim_ms: Summary
 
 
+def late_over_early(stages: Sequence[float], window: int = 5) -> float:
+    """How much later stages take than early ones: median of the last ``k`` stage durations over
+    the median of stages 2..k+1, ``k = min(window, (n - 1) // 2)``.
+
+    Stage 1 is left out of the early side: it also pays for the workers starting up, which
+    makes a plain last/first ratio look better than the trend is. With fewer than 3 stages this
+    is last/first.
+    """
+    n = len(stages)
+    if n < 3:
+        return ratio(stages[-1], stages[0]) if n else math.nan
+    k = max(1, min(window, (n - 1) // 2))
+    return ratio(median(stages[-k:]), median(stages[1:1 + k]))
+
+
 def level_label(names: Sequence[str]) -> str:
     """Names a group of jobs: the name if one, else the common prefix with ``*`` and the count."""
     if len(names) == 1:

@@ -10,6 +10,7 @@ import pytest
 from benchmarks.stats import (
     Check,
     hops_by_level,
+    late_over_early,
     level_label,
     makespan,
     median,
@@ -148,3 +149,18 @@ def test_the_busy_profile_leaves_out_threads_that_wait(tmp_path: Path) -> None:
     assert busy == 40
     assert own == [("dumps (json.py:3)", 30), ("handle (app.py:9)", 10)]
     assert dict(inclusive)["main (app.py:1)"] == 40
+
+
+@pytest.mark.parametrize(("stages", "expected"), [
+    ([9.0, 1.0, 1.0, 1.0, 1.0], 1.0),            # a slow first stage (start-up) is left out
+    ([9.0, 1.0, 1.0, 2.0, 2.0], 2.0),            # k = 2: stages 4-5 over stages 2-3
+    ([2.0] + [1.0] * 5 + [1.0] * 4 + [1.5] * 5, 1.5),  # k = 5: last five over stages 2-6
+    ([1.0, 3.0], 3.0),                           # too few stages: last / first
+])
+def test_late_over_early_compares_the_last_stages_with_the_early_ones_after_stage_one(
+        stages: list[float], expected: float) -> None:
+    assert late_over_early(stages) == pytest.approx(expected)
+
+
+def test_late_over_early_of_no_stages_is_not_a_number() -> None:
+    assert math.isnan(late_over_early([]))

