@@ -110,6 +110,16 @@ def server(tmp_path: Path) -> Iterator[ServerProcess]:
         proc.stop()
 
 
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One real server for a whole test module (for tests that need no fresh database)."""
+    proc = start_server(tmp_path_factory.mktemp("shared"))
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
 @pytest.fixture
 def server_factory(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     """Starts servers with extra flags; every one started is stopped at teardown."""

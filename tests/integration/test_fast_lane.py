@@ -16,17 +16,6 @@ from tests.integration.server_http import Http, compute_node, result_body
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def shared_server(tmp_path_factory):
-    from tests.conftest import start_server
-
-    proc = start_server(tmp_path_factory.mktemp("fast_lane"))
-    try:
-        yield proc
-    finally:
-        proc.stop()
-
-
 def _claimed(url: str, n: int) -> tuple[int, int, list[int]]:
     """A fresh workflow of ``n`` jobs, all claimed: ``(workflow id, node id, job ids)``."""
     http = Http(url)

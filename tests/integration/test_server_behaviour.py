@@ -99,17 +99,6 @@ def test_a_batch_completion_stores_the_good_entries_and_refuses_the_bad_ones_alo
     assert http.ok("GET", f"/workflows/{wid}/is_complete")["is_complete"] is True
 
 
-@pytest.fixture(scope="module")
-def shared_server(tmp_path_factory):
-    from tests.conftest import start_server
-
-    proc = start_server(tmp_path_factory.mktemp("shared"))
-    try:
-        yield proc
-    finally:
-        proc.stop()
-
-
 @pytest.mark.parametrize(
     ("method", "path", "body", "expected"),
     [
