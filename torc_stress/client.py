@@ -292,8 +292,8 @@ class TorcClient:
 
     def claim_next_jobs(self, workflow_id: int, limit: int) -> list[dict[str, Any]]:
         """Claims up to ``limit`` ready jobs (they become pending) and returns them."""
-        doc = self.request("POST", f"/workflows/{workflow_id}/claim_next_jobs", body={},
-                           params={"limit": limit}, op="claim")
+        doc = self.request("POST", f"/workflows/{workflow_id}/claim_next_jobs?limit={int(limit)}",
+                           body={}, op="claim")
         return list(doc.get("jobs") or [])
 
     def claim_jobs_based_on_resources(self, workflow_id: int, limit: int,
