@@ -101,22 +101,33 @@ _CN_FIELDS = (
 )
 
 
+#: the compute_node_model fields every node must have, with their JSON types
+_NODE_REQUIRED: tuple[tuple[str, type | tuple[type, ...]], ...] = (
+    ("hostname", str),
+    ("pid", int),
+    ("start_time", str),
+    ("num_cpus", int),
+    ("memory_gb", (int, float)),
+    ("num_gpus", int),
+    ("num_nodes", int),
+    ("compute_node_type", str),
+)
+#: the fields a PUT may change
+_NODE_UPDATABLE = (
+    *_NODE_REQUIRED,
+    ("time_limit", str),
+    ("duration_seconds", (int, float)),
+    ("is_active", bool),
+)
+
+
 def create_compute_node(
     conn: sqlite3.Connection, st: ServerState, body: dict[str, Any]
 ) -> dict[str, Any]:
     """POST /compute_nodes."""
     wid = _get(body, "workflow_id", int, required=True)
     st.workflow(wid)
-    for key, kind in (
-        ("hostname", str),
-        ("pid", int),
-        ("start_time", str),
-        ("num_cpus", int),
-        ("memory_gb", (int, float)),
-        ("num_gpus", int),
-        ("num_nodes", int),
-        ("compute_node_type", str),
-    ):
+    for key, kind in _NODE_REQUIRED:
         _get(body, key, kind, required=True)
     active = _get(body, "is_active", bool, True)
     sched = body.get("scheduler")
@@ -163,19 +174,7 @@ def update_compute_node(
     """PUT /compute_nodes/{id}: updates is_active, duration_seconds and the other fields given."""
     current = get_compute_node(conn, node_id)
     changes = {}
-    for key, kind in (
-        ("hostname", str),
-        ("pid", int),
-        ("start_time", str),
-        ("num_cpus", int),
-        ("memory_gb", (int, float)),
-        ("num_gpus", int),
-        ("num_nodes", int),
-        ("compute_node_type", str),
-        ("time_limit", str),
-        ("duration_seconds", (int, float)),
-        ("is_active", bool),
-    ):
+    for key, kind in _NODE_UPDATABLE:
         value = _get(body, key, kind)
         if value is not None:
             changes[key] = int(value) if isinstance(value, bool) else value
