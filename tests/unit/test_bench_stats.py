@@ -164,3 +164,13 @@ def test_late_over_early_compares_the_last_stages_with_the_early_ones_after_stag
 
 def test_late_over_early_of_no_stages_is_not_a_number() -> None:
     assert math.isnan(late_over_early([]))
+
+
+def test_the_first_stage_starts_at_its_first_claim_not_when_its_jobs_became_ready() -> None:
+    jobs, _ = _two_stages()
+    for job in jobs[:3]:  # ready at initialize; the workers claim half a second later
+        job["claim_time"] = 0.5
+    spans = stage_spans(jobs)
+    assert spans[0].start == pytest.approx(0.5)
+    assert spans[0].end == pytest.approx(2.5)
+    assert sum(s.end - s.start for s in spans) == pytest.approx(makespan(jobs))
