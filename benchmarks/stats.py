@@ -55,9 +55,9 @@ def late_over_early(stages: Sequence[float], window: int = 5) -> float:
     """How much later stages take than early ones: median of the last ``k`` stage durations over
     the median of stages 2..k+1, ``k = min(window, (n - 1) // 2)``.
 
-    Stage 1 is left out of the early side: it also pays for the workers starting up, which
-    makes a plain last/first ratio look better than the trend is. With fewer than 3 stages this
-    is last/first.
+    Medians over several stages, not one stage each, because single stages vary by 10-20% on a
+    shared machine; stage 1 is left out of the early side because it is the one stage whose
+    jobs were all ready before the first claim. With fewer than 3 stages this is last/first.
     """
     n = len(stages)
     if n < 3:

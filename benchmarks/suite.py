@@ -182,7 +182,7 @@ def checks(results: SuiteResults) -> list[stats.Check]:
         stats.Check(f"last / first stage duration ({len(stages)} stages, per-job)",
                     stats.ratio(stages[-1], stages[0]) if stages else math.nan,
                     STAGE_GROWTH_TARGET),
-        stats.Check("late / early stages, medians, stage 1 (start-up) left out",
+        stats.Check("median of the last 5 stages / median of stages 2-6",
                     stats.late_over_early(stages), STAGE_GROWTH_TARGET),
         stats.Check("server peak RSS, max over runs (MB)",
                     max((r.server_peak_rss / 1e6 for r in all_runs), default=math.nan),
