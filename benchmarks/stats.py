@@ -62,8 +62,13 @@ def late_over_early(stages: Sequence[float], window: int = 5) -> float:
     n = len(stages)
     if n < 3:
         return ratio(stages[-1], stages[0]) if n else math.nan
-    k = max(1, min(window, (n - 1) // 2))
+    k = late_early_window(n, window)
     return ratio(median(stages[-k:]), median(stages[1:1 + k]))
+
+
+def late_early_window(n: int, window: int = 5) -> int:
+    """The ``k`` of :func:`late_over_early` for ``n`` stages."""
+    return max(1, min(window, (n - 1) // 2))
 
 
 def level_label(names: Sequence[str]) -> str:
