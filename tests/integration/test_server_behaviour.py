@@ -168,18 +168,19 @@ def test_bad_requests_get_a_4xx_json_error_and_never_a_5xx(
     assert isinstance(data["errorMessage"], str) and data["error"]
 
 
+def _run_job(http: Http, wid: int, node: int, job_id: int) -> None:
+    """Starts and completes one claimed job over HTTP."""
+    http.ok("PUT", f"/jobs/{job_id}/start_job/0/{node}")
+    http.ok("POST", f"/jobs/{job_id}/complete_job/completed/0", result_body(job_id, wid, node))
+
+
 def _run_jobs(http: Http, wid: int, node: int, count: int) -> list[int]:
     done: list[int] = []
     while len(done) < count:
         got = http.ok("POST", f"/workflows/{wid}/claim_next_jobs?limit={count - len(done)}")["jobs"]
         assert got, "no ready job to run"
         for job in got:
-            http.ok("PUT", f"/jobs/{job['id']}/start_job/0/{node}")
-            http.ok(
-                "POST",
-                f"/jobs/{job['id']}/complete_job/completed/0",
-                result_body(job["id"], wid, node),
-            )
+            _run_job(http, wid, node, job["id"])
             done.append(job["id"])
     return done
 
@@ -334,12 +335,7 @@ def test_the_final_metrics_file_counts_every_completion_up_to_the_stop(server) -
         if not jobs:
             break
         for job in jobs:
-            http.ok("PUT", f"/jobs/{job['id']}/start_job/0/{node}")
-            http.ok(
-                "POST",
-                f"/jobs/{job['id']}/complete_job/completed/0",
-                result_body(job["id"], wid, node),
-            )
+            _run_job(http, wid, node, job["id"])
             done += 1
     http.close()
     assert server.stop() == 0
