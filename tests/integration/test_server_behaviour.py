@@ -216,6 +216,34 @@ def test_sigkill_after_completions_then_restart_keeps_state_and_redoes_unblockin
     assert "redoing unblocking" in second.log_text()
 
 
+def test_unstarted_claims_are_ready_again_after_a_restart_and_their_claimant_may_start_them(
+    server_factory,
+) -> None:
+    # a claim committed but never answered (server killed in between) must not strand its jobs
+    first = server_factory()
+    http = Http(first.url)
+    wid, ids = _flat_workflow(http, 4)
+    node = http.ok("POST", "/compute_nodes", compute_node(wid))["id"]
+    claim = http.ok("POST", f"/workflows/{wid}/claim_next_jobs?limit=3")
+    claimed = [j["id"] for j in claim["jobs"]]
+    http.close()
+    assert first.stop(signal.SIGKILL) == -signal.SIGKILL
+
+    second = server_factory(db_path=first.db_path, log_name="server2.log")
+    http = Http(second.url)
+    assert {http.ok("GET", f"/jobs/{j}")["status"] for j in claimed} == {"ready"}
+    # the claimant that did get the answer starts one; another worker claims the others
+    _run_job(http, wid, node, claimed[0])
+    again = http.ok("POST", f"/workflows/{wid}/claim_next_jobs?limit=10")
+    others = [j["id"] for j in again["jobs"]]
+    assert sorted(others) == sorted(set(ids) - {claimed[0]})
+    for job in others:
+        _run_job(http, wid, node, job)
+    assert http.ok("GET", f"/workflows/{wid}/is_complete")["is_complete"] is True
+    assert "claimed jobs that never started are ready again" in second.log_text()
+    http.close()
+
+
 def test_a_write_blocked_by_another_process_is_retried_then_fails_with_503(server_factory) -> None:
     srv = server_factory("--lock-error-after", "1", "--log-level", "debug")
     http = Http(srv.url)

@@ -20,6 +20,7 @@ import orjson
 
 from torc_stress.errors import ConfigError
 from torc_stress.logs import configure_logging, kv
+from torc_stress.server import ops
 from torc_stress.server.app import Api, build_app, error_response
 from torc_stress.server.auth import UNAUTHORIZED_MESSAGE, authorization_header, token_accepted
 from torc_stress.server.checkpointer import Checkpointer, disable_autocheckpoint
@@ -130,6 +131,9 @@ def serve(settings: ServerSettings) -> int:
         logger.info("redoing unblocking lost at the last stop",
                     extra=kv(completions=len(state.pending_unblock)))
         writer.call("unblock", unblock_op, state)
+    released = writer.call("release_claims", ops.release_unstarted_claims, state)["released"]
+    if released:
+        logger.info("claimed jobs that never started are ready again", extra=kv(jobs=released))
     unblocker = None
     if settings.unblock_delay > 0:
         unblocker = UnblockerThread(settings.unblock_delay,

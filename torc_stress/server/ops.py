@@ -14,6 +14,7 @@ from torc_stress.server.ops_jobs import (
     claim_jobs_based_on_resources,
     claim_next_jobs,
     create_jobs,
+    release_unstarted_claims,
     start_job,
     validate_batch_start,
 )
@@ -49,6 +50,7 @@ __all__ = [
     "delete_workflow",
     "get_compute_node",
     "initialize_jobs",
+    "release_unstarted_claims",
     "reset_job_status",
     "reset_workflow_status",
     "start_job",

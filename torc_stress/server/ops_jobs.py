@@ -263,7 +263,35 @@ def _claim(
         raise
     for j in taken:
         st._set_status(j, st.jobs[j], 3)
+        st.released.discard(j)
     return {"jobs": models}
+
+
+def release_unstarted_claims(conn: sqlite3.Connection, st: ServerState) -> dict[str, Any]:
+    """Start-up op: claimed jobs that never started go back to ready.
+
+    A claim the server committed but never answered (it was killed in between) would leave
+    its jobs pending forever: no worker knows it holds them. So claims do not survive a
+    restart. A worker that did get the answer may still start such a job while it is ready
+    again (see :func:`_startable`); if another worker claimed it first, that start is refused.
+    """
+    pending = [j for j, jm in st.jobs.items() if jm.status == 3]
+    if not pending:
+        return {"released": 0}
+    conn.executemany(
+        "UPDATE job SET status = 2, claim_time = NULL WHERE id = ?", [(j,) for j in pending]
+    )
+    for jid in pending:
+        jm = st.jobs[jid]
+        st._set_status(jid, jm, 2)
+        heapq.heappush(st.workflows[jm.workflow_id].ready, jid)
+    st.released.update(pending)
+    return {"released": len(pending)}
+
+
+def _startable(st: ServerState, job_id: int, jm: JobMem) -> bool:
+    """Claimed (pending), or released at the last restart and not claimed since."""
+    return jm.status == 3 or (jm.status == 2 and job_id in st.released)
 
 
 # -- run ---------------------------------------------------------------------------------------
@@ -280,12 +308,13 @@ def start_job(
         )
     if jm.status == 4 and jm.node_id == node_id:
         return _job_model(conn, st, job_id, compute_node_id=node_id)
-    if jm.status != 3:
+    if not _startable(st, job_id, jm):
         raise ConflictError(
             422,
             f"job {job_id} is {JobStatus(jm.status).wire}, not pending; "
             "only a claimed job can start",
         )
+    st.released.discard(job_id)
     now = time.time()
     conn.execute("UPDATE job SET status = 4, start_time = ? WHERE id = ?", (now, job_id))
     conn.execute(
@@ -350,7 +379,7 @@ def batch_start_jobs(
             errors.append({"job_id": jid, "message": f"job {jid} is not in workflow {wf.id}"})
         elif jm.status == 4 and jm.node_id == node_id:
             started.append(jid)
-        elif jm.status != 3 or jid in seen:
+        elif not _startable(st, jid, jm) or jid in seen:
             wire = JobStatus(jm.status).wire
             errors.append({"job_id": jid, "message": f"job {jid} is {wire}, not pending; "
                            "only a claimed job can start"})
@@ -370,5 +399,6 @@ def batch_start_jobs(
             jm = jobs[jid]
             st._set_status(jid, jm, 4)
             jm.node_id = node_id
+            st.released.discard(jid)
         started.extend(fresh)
     return {"started": started, "errors": errors}

@@ -151,6 +151,8 @@ class ServerState:
         self.conn: sqlite3.Connection | None = None
         self._in_batch_pass = False
         self._freeze = False  # jobs were added: freeze them after the commit
+        #: jobs whose unstarted claim was released at start-up (still startable by the claimant)
+        self.released: set[int] = set()
 
     # -- writer hooks -----------------------------------------------------------------------
     def end_of_batch(self, conn: sqlite3.Connection) -> None:
