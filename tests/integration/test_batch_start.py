@@ -32,7 +32,7 @@ def test_batch_start_marks_every_claimed_job_running_on_the_node(server) -> None
     assert statuses == {ids[0]: "running", ids[1]: "running", ids[2]: "running",
                         ids[3]: "ready", ids[4]: "ready"}
     with sqlite3.connect(server.db_path) as conn:
-        nodes = conn.execute("SELECT active_compute_node_id FROM job_internal WHERE job_id IN "
+        nodes = conn.execute("SELECT active_compute_node_id FROM job WHERE id IN "
                              f"({','.join('?' * 3)})", ids[:3]).fetchall()
     assert nodes == [(node,)] * 3
     for job in ids[:3]:

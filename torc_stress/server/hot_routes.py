@@ -29,8 +29,16 @@ logger = logging.getLogger(__name__)  # the name its log lines always had
 
 _JSON_HEADER = (b"content-type", b"application/json")
 
+class Write(NamedTuple):
+    """A handler's answer that needs the writer: the op to queue (its result is the payload)."""
+
+    kind: str
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+
+
 Handler = Callable[[list[str], bytes, bytes], Any]
-"""A hot route's handler: ``(path parts, query string, body)`` -> payload or a Future of it."""
+"""A hot route's handler: ``(path parts, query string, body)`` -> payload or a :class:`Write`."""
 
 Reply = Callable[[int, bytes], None]
 """Receives a finished answer: ``(status, JSON body)``."""
@@ -158,8 +166,8 @@ class HotRoutes:
         """Runs a hot route's handler and hands ``(status, JSON body)`` to ``reply``.
 
         ``reply`` is called at once when the handler answers synchronously (a payload or an
-        error), else from the writer future's done-callback (no task). The request is recorded
-        in the route's metrics just before ``reply`` is called.
+        error), else by the writer once the op's transaction has committed (no future, no
+        task). The request is recorded in the route's metrics just before ``reply`` is called.
         """
         started = perf_counter()
         try:
@@ -167,24 +175,27 @@ class HotRoutes:
         except Exception as exc:  # noqa: BLE001 - ApiError or the catch-all 500 JSON body
             self._finish(route, started, reply, *_failure(exc, route.key))
             return
-        if isinstance(result, asyncio.Future):
-            result.add_done_callback(partial(self._settled, route, started, reply))
+        if type(result) is Write:
+            self.api.writer.submit_callback(
+                result.kind, result.fn, result.args, partial(self._written, route, started, reply)
+            )
         else:
             self._finish(route, started, reply, 200, orjson.dumps(result))
 
-    def _settled(
-        self, route: HotRoute, started: float, reply: Reply, future: asyncio.Future[Any]
+    def _written(
+        self,
+        route: HotRoute,
+        started: float,
+        reply: Reply,
+        result: Any,
+        error: BaseException | None,
     ) -> None:
-        if future.cancelled():
-            status, body = 500, error_body(500, "internal error: the write was cancelled")
-        else:
-            error = future.exception()
-            try:
-                if error is not None:
-                    raise error
-                status, body = 200, orjson.dumps(future.result())
-            except Exception as exc:  # noqa: BLE001 - ApiError, or the catch-all 500 JSON body
-                status, body = _failure(exc, route.key)
+        try:
+            if error is not None:
+                raise error
+            status, body = 200, orjson.dumps(result)
+        except Exception as exc:  # noqa: BLE001 - ApiError, or the catch-all 500 JSON body
+            status, body = _failure(exc, route.key)
         self._finish(route, started, reply, status, body)
 
     def _finish(
@@ -237,17 +248,15 @@ class HotRoutes:
         jid = _int_part(parts[1], "id")
         run_id = _int_part(parts[3], "run_id")
         node = _int_part(parts[4], "compute_node_id")
-        api = self.api
-        return api.writer.submit("start_job", ops.start_job, api.state, jid, run_id, node)
+        return Write("start_job", ops.start_job, (self.api.state, jid, run_id, node))
 
     def _complete_job(self, parts: list[str], query: bytes, body: bytes) -> Any:
         jid = _int_part(parts[1], "id")
         status = status_param(parts[3], "status")
         run_id = _int_part(parts[4], "run_id")
         result = ops.validate_result(_json(body))
-        api = self.api
-        return api.writer.submit(
-            "complete_job", ops.complete_job, api.state, jid, status, run_id, result
+        return Write(
+            "complete_job", ops.complete_job, (self.api.state, jid, status, run_id, result)
         )
 
     def _claim_next_jobs(self, parts: list[str], query: bytes, body: bytes) -> Any:
@@ -270,7 +279,7 @@ class HotRoutes:
             # nothing ready: answer without a transaction (the writer runs on this loop, so
             # the in-memory ready queue is the committed truth between batches)
             return {"jobs": []}
-        return api.writer.submit("claim", ops.claim_next_jobs, api.state, wid, limit)
+        return Write("claim", ops.claim_next_jobs, (api.state, wid, limit))
 
     def _is_complete(self, parts: list[str], query: bytes, body: bytes) -> Any:
         snap = self.api.snapshot(_int_part(parts[1], "id"))
@@ -288,15 +297,11 @@ class HotRoutes:
         entries = data.get("completions")
         if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
             raise ApiError(422, "'completions' must be a list of job completion entries")
-        api = self.api
-        return api.writer.submit(
-            "batch_complete_jobs", ops.batch_complete_jobs, api.state, wid, entries
-        )
+        return Write("batch_complete_jobs", ops.batch_complete_jobs, (self.api.state, wid, entries))
 
     def _batch_start_jobs(self, parts: list[str], query: bytes, body: bytes) -> Any:
         wid = _int_part(parts[1], "id")
         run_id, node, job_ids = ops.validate_batch_start(_json_object(body))
-        api = self.api
-        return api.writer.submit(
-            "batch_start_jobs", ops.batch_start_jobs, api.state, wid, run_id, node, job_ids
+        return Write(
+            "batch_start_jobs", ops.batch_start_jobs, (self.api.state, wid, run_id, node, job_ids)
         )

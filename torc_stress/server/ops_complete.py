@@ -24,18 +24,19 @@ from torc_stress.server.ops_common import (
 from torc_stress.server.state import _DONE_INTS, _FAILURE_INTS, JobMem, ServerState
 from torc_stress.statuses import JobStatus
 
+# result ids are given, not chosen by SQLite, so that the latest-result link needs no lookup
 _INSERT_RESULT = (
-    "INSERT INTO result (workflow_id, job_id, run_id, attempt_id, compute_node_id, return_code, "
-    "exec_time_minutes, completion_time, status, peak_memory_bytes, avg_memory_bytes, "
-    "peak_cpu_percent, avg_cpu_percent) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
+    "INSERT INTO result (id, workflow_id, job_id, run_id, attempt_id, compute_node_id, "
+    "return_code, exec_time_minutes, completion_time, status, peak_memory_bytes, "
+    "avg_memory_bytes, peak_cpu_percent, avg_cpu_percent) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
-# the result just inserted, found through its UNIQUE (job_id, run_id, attempt_id) index
 _LINK_RESULT = (
-    "INSERT OR REPLACE INTO workflow_result (workflow_id, job_id, result_id) "
-    "SELECT workflow_id, job_id, id FROM result WHERE job_id = ? AND run_id = ? AND attempt_id = ?"
+    "INSERT OR REPLACE INTO workflow_result (workflow_id, job_id, result_id) VALUES (?,?,?)"
 )
-_UPDATE_JOB = "UPDATE job SET status = ?, end_time = ?, unblocking_processed = ? WHERE id = ?"
-_FREE_NODE = "UPDATE job_internal SET active_compute_node_id = NULL WHERE job_id = ?"
+_UPDATE_JOB = (
+    "UPDATE job SET status = ?, end_time = ?, unblocking_processed = ?, "
+    "active_compute_node_id = NULL WHERE id = ?"
+)
 
 
 @dataclass(slots=True)
@@ -107,33 +108,46 @@ def check_completion(
     return Completion(job_id, jm, status, run_id, result)
 
 
-def write_completions(conn: sqlite3.Connection, items: list[Completion], now: float) -> None:
-    """Writes checked completions (SQL only; a failure leaves memory untouched)."""
+def write_completions(
+    conn: sqlite3.Connection,
+    st: ServerState,
+    items: list[Completion],
+    now: float,
+    *,
+    premark: bool = False,
+) -> None:
+    """Writes checked completions (SQL only; a failure leaves memory untouched but for the
+    result ids it used up, which are never reused).
+
+    ``premark`` stores finished jobs as ``unblocking_processed`` already (when the unblock pass
+    runs in this transaction, see ``ServerState.unblocks_in_batch``).
+    """
+    done_flag = 1 if premark else 0
     results = []
     links = []
     jobs = []
-    nodes = []
+    result_id = st.last_result_id
+    st.last_result_id += len(items)
     for c in items:
         r = c.result
-        attempt = r.get("attempt_id") or 1
+        result_id += 1
+        wid = c.jm.workflow_id
         results.append((
-            c.jm.workflow_id, c.job_id, c.run_id, attempt, r["compute_node_id"],
+            result_id, wid, c.job_id, c.run_id, r.get("attempt_id") or 1, r["compute_node_id"],
             r["return_code"], r["exec_time_minutes"], r["completion_time"], c.status,
             r.get("peak_memory_bytes"), r.get("avg_memory_bytes"), r.get("peak_cpu_percent"),
             r.get("avg_cpu_percent"),
         ))
-        links.append((c.job_id, c.run_id, attempt))
-        jobs.append((c.status, now, 0 if c.status in _DONE_INTS else 1, c.job_id))
-        if c.jm.node_id is not None:
-            nodes.append((c.job_id,))
+        links.append((wid, c.job_id, result_id))
+        jobs.append((c.status, now, done_flag if c.status in _DONE_INTS else 1, c.job_id))
     conn.executemany(_INSERT_RESULT, results)
     conn.executemany(_LINK_RESULT, links)
     conn.executemany(_UPDATE_JOB, jobs)
-    if nodes:
-        conn.executemany(_FREE_NODE, nodes)
 
 
-def apply_completions(st: ServerState, items: list[Completion], now: float) -> None:
+def apply_completions(
+    st: ServerState, items: list[Completion], now: float, *, premarked: bool = False
+) -> None:
     """Changes memory for completions whose SQL succeeded (queues their unblocking)."""
     for c in items:
         jm = c.jm
@@ -142,6 +156,8 @@ def apply_completions(st: ServerState, items: list[Completion], now: float) -> N
         jm.failed = c.status in _FAILURE_INTS and c.result["return_code"] != 0
         if c.status in _DONE_INTS:
             st.pending_unblock.append((c.job_id, jm.failed, now))
+            if premarked:
+                st.premarked.add(c.job_id)
 
 
 @checks_first
@@ -156,11 +172,55 @@ def complete_job(
     """POST /jobs/{id}/complete_job/{status}/{run_id}: stores the result; 422 if already done."""
     items = [check_completion(st, job_id, status, run_id, result)]
     now = time.time()
-    write_completions(conn, items, now)
-    apply_completions(st, items, now)
+    premark = st.unblocks_in_batch
+    write_completions(conn, st, items, now, premark=premark)
+    apply_completions(st, items, now, premarked=premark)
+    return _answer(conn, st, job_id)
+
+
+def _answer(conn: sqlite3.Connection, st: ServerState, job_id: int) -> dict[str, Any]:
     model = _job_model(conn, st, job_id)
     st.jobs[job_id].model = None
     return model
+
+
+Outcome = tuple[Any, ApiError | None]
+"""One merged call's answer: ``(response body, None)`` or ``(None, error)``."""
+
+
+def complete_jobs(conn: sqlite3.Connection, calls: list[tuple[Any, ...]]) -> list[Outcome] | None:
+    """Several ``complete_job`` calls of one transaction, written together (the writer's merge).
+
+    Each call is checked on its own and in order, as :func:`complete_job` would be; the ones
+    that pass are written with one ``executemany`` per statement. Returns None, having written
+    nothing, when the calls cannot be judged together (two name the same job) or their write
+    conflicts with stored data: the writer then runs them one by one, so each gets its own
+    answer.
+    """
+    st: ServerState = calls[0][0]
+    outcomes: list[Outcome] = []
+    items: list[Completion] = []
+    seen: set[int] = set()
+    for _, job_id, status, run_id, result in calls:
+        if job_id in seen:
+            return None
+        seen.add(job_id)
+        try:
+            items.append(check_completion(st, job_id, status, run_id, result))
+        except ApiError as exc:
+            outcomes.append((None, exc))
+        else:
+            outcomes.append((job_id, None))
+    now = time.time()
+    premark = st.unblocks_in_batch
+    if _write_together(conn, st, items, now, premark=premark) is None:
+        return None
+    apply_completions(st, items, now, premarked=premark)
+    return [(None, error) if error is not None else (_answer(conn, st, job_id), None)
+            for job_id, error in outcomes]
+
+
+complete_job.merged = complete_jobs  # type: ignore[attr-defined]
 
 
 @checks_first
@@ -187,17 +247,18 @@ def batch_complete_jobs(
                 {"job_id": job_id if isinstance(job_id, int) else -1, "message": str(exc)}
             )
     now = time.time()
-    written = _write_together(conn, items, now)
+    premark = st.unblocks_in_batch
+    written = _write_together(conn, st, items, now, premark=premark)
     if written is None:
         written = []
         for item in items:
             try:
-                _write_alone(conn, item, now)
+                _write_alone(conn, st, item, now, premark=premark)
                 written.append(item)
             except sqlite3.IntegrityError as exc:
                 errors.append({"job_id": item.job_id,
                                "message": f"conflicts with stored data: {exc}"})
-    apply_completions(st, written, now)
+    apply_completions(st, written, now, premarked=premark)
     return {"completed": [c.job_id for c in written], "errors": errors}
 
 
@@ -225,14 +286,15 @@ def _check_entry(
 
 
 def _write_together(
-    conn: sqlite3.Connection, items: list[Completion], now: float
+    conn: sqlite3.Connection, st: ServerState, items: list[Completion], now: float, *,
+    premark: bool,
 ) -> list[Completion] | None:
     """Writes every item, or nothing (None) if one of them conflicts with stored data."""
     if not items:
         return items
     conn.execute("SAVEPOINT completions")
     try:
-        write_completions(conn, items, now)
+        write_completions(conn, st, items, now, premark=premark)
     except sqlite3.IntegrityError:
         conn.execute("ROLLBACK TO completions")
         conn.execute("RELEASE completions")
@@ -241,10 +303,12 @@ def _write_together(
     return items
 
 
-def _write_alone(conn: sqlite3.Connection, item: Completion, now: float) -> None:
+def _write_alone(
+    conn: sqlite3.Connection, st: ServerState, item: Completion, now: float, *, premark: bool
+) -> None:
     conn.execute("SAVEPOINT completion")
     try:
-        write_completions(conn, [item], now)
+        write_completions(conn, st, [item], now, premark=premark)
     except BaseException:
         conn.execute("ROLLBACK TO completion")
         conn.execute("RELEASE completion")

@@ -316,9 +316,9 @@ def start_job(
         )
     st.released.discard(job_id)
     now = time.time()
-    conn.execute("UPDATE job SET status = 4, start_time = ? WHERE id = ?", (now, job_id))
     conn.execute(
-        "UPDATE job_internal SET active_compute_node_id = ? WHERE job_id = ?", (node_id, job_id)
+        "UPDATE job SET status = 4, start_time = ?, active_compute_node_id = ? WHERE id = ?",
+        (now, node_id, job_id),
     )
     st._set_status(job_id, jm, 4)
     jm.node_id = node_id
@@ -389,11 +389,8 @@ def batch_start_jobs(
     if fresh:
         now = time.time()
         conn.executemany(
-            "UPDATE job SET status = 4, start_time = ? WHERE id = ?", [(now, j) for j in fresh]
-        )
-        conn.executemany(
-            "UPDATE job_internal SET active_compute_node_id = ? WHERE job_id = ?",
-            [(node_id, j) for j in fresh],
+            "UPDATE job SET status = 4, start_time = ?, active_compute_node_id = ? WHERE id = ?",
+            [(now, node_id, j) for j in fresh],
         )
         for jid in fresh:
             jm = jobs[jid]

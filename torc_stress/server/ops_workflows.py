@@ -277,12 +277,8 @@ def reset_job_status(
     else:
         targets = set(wf.job_ids)
     conn.executemany(
-        "UPDATE job SET status = 0, ready_time = NULL, claim_time = NULL, "
-        "start_time = NULL, end_time = NULL, unblocking_processed = 0 WHERE id = ?",
-        [(j,) for j in targets],
-    )
-    conn.executemany(
-        "UPDATE job_internal SET active_compute_node_id = NULL WHERE job_id = ?",
+        "UPDATE job SET status = 0, ready_time = NULL, claim_time = NULL, start_time = NULL, "
+        "end_time = NULL, unblocking_processed = 0, active_compute_node_id = NULL WHERE id = ?",
         [(j,) for j in targets],
     )
     for j in targets:

@@ -153,7 +153,7 @@ class JobRoutes(ApiBase):
             if ups:
                 model["depends_on_job_ids"] = ups
             node = conn.execute(
-                "SELECT active_compute_node_id FROM job_internal WHERE job_id = ?", (jid,)
+                "SELECT active_compute_node_id FROM job WHERE id = ?", (jid,)
             ).fetchone()
             if node and node[0] is not None:
                 model["compute_node_id"] = node[0]

@@ -140,6 +140,11 @@ class ServerState:
         self.rr: dict[int, tuple[int, int, int, int, int, int]] = {}
         self.tracker = DependencyTracker()
         self.pending_unblock: list[tuple[int, bool, float]] = []
+        #: completions stored already marked ``unblocking_processed`` because this transaction's
+        #: own pass unblocks them (see :attr:`unblocks_in_batch`)
+        self.premarked: set[int] = set()
+        #: the id of the last result row (completions number their result rows themselves)
+        self.last_result_id = 0
         self.snapshots: dict[int, WorkflowSnapshot] = {}
         self.rr_models: dict[int, dict[str, Any]] = {}
         self._dirty: set[int] = set()
@@ -158,6 +163,7 @@ class ServerState:
     def end_of_batch(self, conn: sqlite3.Connection) -> None:
         """Runs the unblock pass in the batch's transaction (``--unblock-delay 0``)."""
         if not self.pending_unblock:
+            self.premarked.clear()
             return
         if self.unblock_delay > 0:
             if self.wake_unblocker is not None:
@@ -172,9 +178,25 @@ class ServerState:
             logger.exception("unblock pass failed; it is redone from durable state")
             conn.execute("ROLLBACK TO unblock")
             conn.execute("RELEASE unblock")
+            # the completions were stored as processed: store them as not, so the reload
+            # below (and any later start-up) redoes their unblocking
+            conn.executemany(
+                "UPDATE job SET unblocking_processed = 0 WHERE id = ?",
+                [(j,) for j in self.premarked],
+            )
             self.needs_reload = True
         finally:
             self._in_batch_pass = False
+            self.premarked.clear()
+
+    @property
+    def unblocks_in_batch(self) -> bool:
+        """Whether every completion is unblocked by a pass in its own transaction.
+
+        Then a completion can be stored with ``unblocking_processed = 1`` at once (one UPDATE
+        per job fewer): the pass commits with it or not at all.
+        """
+        return self.unblock_delay <= 0
 
     def after_commit(self) -> None:
         """Marks the snapshots of the workflows the batch touched stale (reloads first if asked).
@@ -263,6 +285,8 @@ class ServerState:
         self.rr.clear()
         self.tracker = DependencyTracker()
         self.pending_unblock = []
+        self.premarked = set()
+        self.last_result_id = conn.execute("SELECT coalesce(max(id), 0) FROM result").fetchone()[0]
         for wid, run_id, canceled in conn.execute(
             "SELECT w.id, s.run_id, s.is_canceled FROM workflow w "
             "JOIN workflow_status s ON s.id = w.status_id"
@@ -277,9 +301,9 @@ class ServerState:
         processed: dict[int, int] = {}
         for jid, wid, status, depth, cancel, rr_id, unb, node, rc in conn.execute(
             "SELECT j.id, j.workflow_id, j.status, j.depth, j.cancel_on_blocking_job_failure, "
-            "j.resource_requirements_id, j.unblocking_processed, ji.active_compute_node_id, "
+            "j.resource_requirements_id, j.unblocking_processed, j.active_compute_node_id, "
             "(SELECT r.return_code FROM workflow_result wr JOIN result r ON r.id = wr.result_id "
-            " WHERE wr.job_id = j.id) FROM job j LEFT JOIN job_internal ji ON ji.job_id = j.id "
+            " WHERE wr.job_id = j.id) FROM job j "
             "ORDER BY j.id"
         ):
             jm = JobMem(wid, status, depth, bool(cancel), rr_id)
@@ -336,9 +360,10 @@ class ServerState:
                 "UPDATE job SET status = 7, end_time = ?, unblocking_processed = 1 WHERE id = ?",
                 [(now, j) for j in outcome.canceled],
             )
-        conn.executemany(
-            "UPDATE job SET unblocking_processed = 1 WHERE id = ?", [(j,) for j, _, _ in items]
-        )
+        premarked = self.premarked
+        unmarked = [(j,) for j, _, _ in items if j not in premarked]
+        if unmarked:
+            conn.executemany("UPDATE job SET unblocking_processed = 1 WHERE id = ?", unmarked)
         per_wf: dict[int, list[int]] = {}
         for jid, _, _ in items:
             per_wf.setdefault(jobs[jid].workflow_id, [0, 0, 0])[0] += 1

@@ -85,15 +85,17 @@ CREATE TABLE IF NOT EXISTS job (
     ready_time REAL,
     claim_time REAL,
     start_time REAL,
-    end_time REAL
+    end_time REAL,
+    -- torc keeps this in job_internal; here the UPDATE that starts or ends a job sets it too
+    -- (one row write per start and per completion fewer; see _migrate for older files)
+    active_compute_node_id INTEGER REFERENCES compute_node(id) ON DELETE SET NULL
 );
 -- by workflow only: claims come from the writer's memory, so no hot query filters on status,
 -- while a (workflow_id, status) index would be rewritten by each of a job's 4-5 status changes
 CREATE INDEX IF NOT EXISTS idx_job_workflow ON job(workflow_id);
 CREATE TABLE IF NOT EXISTS job_internal (
     job_id INTEGER PRIMARY KEY REFERENCES job(id) ON DELETE CASCADE,
-    input_hash TEXT,
-    active_compute_node_id INTEGER REFERENCES compute_node(id) ON DELETE SET NULL
+    input_hash TEXT
 );
 CREATE TABLE IF NOT EXISTS job_depends_on (
     job_id INTEGER NOT NULL REFERENCES job(id) ON DELETE CASCADE,
@@ -184,8 +186,31 @@ def open_writer_connection(path: Path, busy_timeout_ms: int = 50) -> sqlite3.Con
 
 
 def create_schema(conn: sqlite3.Connection) -> None:
-    """Creates the tables and indexes that do not exist yet."""
+    """Creates the tables and indexes that do not exist yet, and brings older files up to date."""
     conn.executescript(SCHEMA)
+    _migrate(conn)
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Moves ``job_internal.active_compute_node_id`` into ``job`` (files of torc-stress 0.1)."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(job)")}
+    if "active_compute_node_id" in columns:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute(
+            "ALTER TABLE job ADD COLUMN active_compute_node_id INTEGER "
+            "REFERENCES compute_node(id) ON DELETE SET NULL"
+        )
+        # (a node that is gone, should any be, is left out rather than failing the upgrade)
+        conn.execute(
+            "UPDATE job SET active_compute_node_id = (SELECT cn.id FROM job_internal ji "
+            "JOIN compute_node cn ON cn.id = ji.active_compute_node_id WHERE ji.job_id = job.id)"
+        )
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
 
 
 class ReadPool:

@@ -5,7 +5,9 @@ Every mutation is an :class:`Op`. Ops queued in the same event-loop iteration (u
 op rolls back only itself; ops marked ``checks_first`` go without, see
 :func:`~torc_stress.server.ops_common.checks_first`), then the end-of-batch hook (the
 unblocker) runs, the transaction commits once and only then are the callers' futures resolved:
-an acknowledged write is durable.
+an acknowledged write is durable. Consecutive calls of an op that offers a ``merged`` form
+(``complete_job``: one completion request per job is the seed's default) run as one call, so
+a batch of completions costs one ``executemany`` per statement rather than one per job.
 SQLITE_BUSY (another *process* holds the write lock) is retried with jittered backoff without
 blocking the loop, and turned into a retryable 503 after ``lock_error_after`` seconds.
 """
@@ -32,6 +34,8 @@ from torc_stress.server.metrics import Metrics
 logger = logging.getLogger(__name__)
 
 MAX_BATCH = 500
+#: Loop iterations a batch may wait for more requests, while each brings some (see _flush_next).
+MAX_WAIT_ROUNDS = 2
 
 
 class _Refused(Exception):  # noqa: N818 - internal signal: the batch got 503s, nothing to run
@@ -69,6 +73,10 @@ class Op:
     error: BaseException | None = None
     #: run inside a SAVEPOINT of its own (False for ops marked ``checks_first``)
     savepoint: bool = True
+    #: ``fn.merged``: runs consecutive calls of ``fn`` at once (see :meth:`Writer._run_merged`)
+    merged: Callable[..., Any] | None = None
+    #: called on the loop with ``(result, error)`` in place of resolving a future
+    callback: Callable[[Any, BaseException | None], None] | None = None
 
 
 def is_lock_error(exc: BaseException) -> bool:
@@ -81,9 +89,10 @@ class Writer:
     """Owns the read-write connection and runs queued ops in group-commit transactions.
 
     The group commit runs on the event loop that serves the requests: a handler appends its op
-    and awaits a future; the first op schedules :meth:`_flush` two loop iterations later
-    (``call_soon`` twice), so every request parsed meanwhile shares one transaction, and
-    the futures are resolved on the loop with no thread hand-off. A write lock held by another
+    and awaits a future (or passes a callback, :meth:`submit_callback`); the first op schedules
+    :meth:`_flush` two or three loop iterations later (:meth:`_flush_next`), so every request
+    parsed meanwhile shares one transaction, and the answers are given on the loop with no
+    thread hand-off. A write lock held by another
     *process* (SQLITE_BUSY) never blocks the loop: ``BEGIN IMMEDIATE`` fails at once and the
     batch is retried with ``call_later`` and jittered backoff. Threads other than the loop use
     :meth:`call`; before the loop exists (start-up) their ops run on the calling thread.
@@ -122,18 +131,39 @@ class Writer:
             loop = self._loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._pending.append(Op(kind, fn, args, time.perf_counter(), loop, future,
-                                savepoint=not getattr(fn, "checks_first", False)))
+                                savepoint=not getattr(fn, "checks_first", False),
+                                merged=getattr(fn, "merged", None)))
         if not self._scheduled:
             self._scheduled = True
             loop.call_soon(self._flush_next)
         return future
+
+    def submit_callback(
+        self,
+        kind: str,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        callback: Callable[[Any, BaseException | None], None],
+    ) -> None:
+        """Queues an op from the event loop; ``callback(result, error)`` runs on the loop once
+        the op's transaction has committed (or failed). No future, no extra loop iteration."""
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        self._pending.append(Op(kind, fn, args, time.perf_counter(), loop, None,
+                                savepoint=not getattr(fn, "checks_first", False),
+                                merged=getattr(fn, "merged", None), callback=callback))
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._flush_next)
 
     def submit_threadsafe(
         self, kind: str, fn: Callable[..., Any], *args: Any
     ) -> concurrent.futures.Future[Any]:
         """Queues an op from any thread; returns a concurrent future."""
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        op = Op(kind, fn, args, time.perf_counter(), None, future)
+        op = Op(kind, fn, args, time.perf_counter(), None, future,
+                merged=getattr(fn, "merged", None))
         loop = self._loop
         if loop is not None and not loop.is_closed() and not self._stopped:
             try:
@@ -167,11 +197,20 @@ class Writer:
             self._run_now(pending, timeout)
 
     # -- the loop side ----------------------------------------------------------------------
-    def _flush_next(self) -> None:
-        # one more loop iteration (and I/O poll) before the flush: requests that arrived
-        # meanwhile join this transaction instead of paying for their own
+    def _flush_next(self, seen: int = 0, rounds: int = 0) -> None:
+        # more loop iterations (and I/O polls) before the flush: requests that arrived
+        # meanwhile join this transaction instead of paying for their own. The first op waits
+        # one iteration, then another while each iteration brings more ops (MAX_WAIT_ROUNDS in
+        # all). Measured with 8 capacity clients (per-job, 3 runs each): a flush after one
+        # iteration gave a median of 4,271 completions/s, one or two more 4,548 and 4,542,
+        # and up to six more 4,241-4,767: a commit saved is worth more than the latency it adds
+        # only while the requests keep coming.
         assert self._loop is not None
-        self._loop.call_soon(self._flush)
+        pending = len(self._pending)
+        if pending > seen and rounds < MAX_WAIT_ROUNDS and pending < MAX_BATCH:
+            self._loop.call_soon(self._flush_next, pending, rounds + 1)
+        else:
+            self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         self._scheduled = False
@@ -270,14 +309,29 @@ class Writer:
         metrics = self._metrics
         timings: list[tuple[str, float, float]] = []
         try:
-            for op in batch:
+            i, n = 0, len(batch)
+            while i < n:
+                op = batch[i]
                 op_start = time.perf_counter()
-                if op.savepoint:
-                    self._run_guarded(op)
+                end = i + 1
+                if op.merged is not None:
+                    fn = op.fn
+                    while end < n and batch[end].fn is fn:
+                        end += 1
+                if end - i > 1:
+                    group = batch[i:end]
+                    self._run_merged(group)
+                    share = (time.perf_counter() - op_start) * 1000 / len(group)
+                    timings.extend((g.kind, (op_start - g.enqueued) * 1000, share)
+                                   for g in group)
                 else:
-                    self._run_unguarded(op)
-                timings.append((op.kind, (op_start - op.enqueued) * 1000,
-                                (time.perf_counter() - op_start) * 1000))
+                    if op.savepoint:
+                        self._run_guarded(op)
+                    else:
+                        self._run_unguarded(op)
+                    timings.append((op.kind, (op_start - op.enqueued) * 1000,
+                                    (time.perf_counter() - op_start) * 1000))
+                i = end
         except _Dirty:
             self._abandon(batch, "an operation failed half-way")
             return
@@ -331,6 +385,35 @@ class Writer:
                 raise _Dirty from exc
             op.error = _op_error(op, exc)
 
+    def _run_merged(self, group: list[Op]) -> None:
+        """Runs consecutive calls of one mergeable op through its ``merged`` function.
+
+        ``merged(conn, [args, ...])`` returns one ``(result, error)`` per call, or None having
+        written nothing when the calls cannot go together: then each runs on its own.
+        """
+        conn = self.conn
+        merged = group[0].merged
+        assert merged is not None
+        before = conn.total_changes
+        try:
+            outcomes = merged(conn, [op.args for op in group])
+        except Exception as exc:
+            if conn.total_changes != before:
+                logger.error("merged write ops failed after they wrote; rolling the batch back",
+                             extra=kv(op=group[0].kind, ops=len(group), error=str(exc)))
+                raise _Dirty from exc
+            outcomes = None
+        if outcomes is None:
+            for op in group:
+                if op.savepoint:
+                    self._run_guarded(op)
+                else:
+                    self._run_unguarded(op)
+            return
+        for op, (result, error) in zip(group, outcomes, strict=True):
+            op.result = result
+            op.error = error
+
     def _abandon(self, batch: list[Op], reason: str) -> None:
         """Rolls the transaction back, reloads memory, and answers every op with a 503."""
         conn = self.conn
@@ -374,6 +457,13 @@ def _op_error(op: Op, exc: Exception) -> ApiError:
 
 
 def _settle(op: Op) -> None:
+    callback = op.callback
+    if callback is not None:
+        try:
+            callback(op.result, op.error)
+        except Exception:  # noqa: BLE001 - one caller's bug must not stop the others' answers
+            logger.exception("answering a write failed", extra=kv(op=op.kind))
+        return
     future = op.future
     if future.done():  # the request was cancelled (client went away)
         return
