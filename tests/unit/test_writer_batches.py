@@ -52,13 +52,43 @@ def unmarked_refused_after_writing(conn: sqlite3.Connection) -> str:
     raise ApiError(422, "a check that came too late")
 
 
-def run_batch(tmp_path: Path, *fns: Any) -> tuple[list[Any], list[str], Hooks]:
+MERGED_CALLS: list[list[tuple[Any, ...]]] = []
+
+
+@checks_first
+def store(conn: sqlite3.Connection, value: str) -> str:
+    """One call alone: refuses "bad", stores anything else."""
+    if value == "bad":
+        raise ApiError(422, "bad value")
+    conn.execute("INSERT INTO t VALUES (?)", (value,))
+    return f"stored {value}"
+
+
+def store_together(conn: sqlite3.Connection, calls: list[tuple[Any, ...]]) -> Any:
+    """Several calls at once; gives up (None) on "alone", before writing, as complete_jobs does."""
+    MERGED_CALLS.append(calls)
+    values = [value for (value,) in calls]
+    if "alone" in values:
+        return None
+    good_values = [(v,) for v in values if v != "bad"]
+    conn.executemany("INSERT INTO t VALUES (?)", good_values)
+    return [(None, ApiError(422, "bad value")) if v == "bad" else (f"stored {v} together", None)
+            for v in values]
+
+
+store.merged = store_together  # type: ignore[attr-defined]
+
+
+def run_batch(tmp_path: Path, *fns: Any, args: list[tuple[Any, ...]] | None = None
+              ) -> tuple[list[Any], list[str], Hooks]:
     conn = sqlite3.connect(str(tmp_path / "w.db"), isolation_level=None)
     conn.execute("CREATE TABLE t (x TEXT)")
     hooks = Hooks()
     writer = Writer(conn, hooks, Metrics())
-    ops = [Op(fn.__name__, fn, (), time.perf_counter(), None, concurrent.futures.Future(),
-              savepoint=not getattr(fn, "checks_first", False)) for fn in fns]
+    args = args or [()] * len(fns)
+    ops = [Op(fn.__name__, fn, a, time.perf_counter(), None, concurrent.futures.Future(),
+              savepoint=not getattr(fn, "checks_first", False),
+              merged=getattr(fn, "merged", None)) for fn, a in zip(fns, args, strict=True)]
     writer._run_now(ops)
     outcomes = []
     for op in ops:
@@ -91,3 +121,24 @@ def test_an_unmarked_op_that_fails_after_writing_rolls_back_only_itself(tmp_path
     assert outcomes == ["stored", 422, "stored"]
     assert rows == ["good", "good"]
     assert (hooks.commits, hooks.rollbacks) == (1, 0)
+
+
+def test_consecutive_calls_of_a_mergeable_op_run_as_one_call_each_with_its_own_answer(
+        tmp_path: Path) -> None:
+    MERGED_CALLS.clear()
+    outcomes, rows, hooks = run_batch(
+        tmp_path, store, store, store, good, store,
+        args=[("a",), ("bad",), ("b",), (), ("c",)])
+    assert outcomes == ["stored a together", 422, "stored b together", "stored", "stored c"]
+    assert MERGED_CALLS == [[("a",), ("bad",), ("b",)]]  # a lone call runs on its own
+    assert rows == ["a", "b", "good", "c"]
+    assert (hooks.commits, hooks.rollbacks) == (1, 0)
+
+
+def test_calls_the_merged_form_gives_up_on_run_one_by_one(tmp_path: Path) -> None:
+    MERGED_CALLS.clear()
+    outcomes, rows, _ = run_batch(tmp_path, store, store, store,
+                                  args=[("a",), ("alone",), ("bad",)])
+    assert outcomes == ["stored a", "stored alone", 422]
+    assert len(MERGED_CALLS) == 1
+    assert rows == ["a", "alone"]
