@@ -142,3 +142,18 @@ def test_a_failed_unblock_pass_leaves_its_completions_to_be_unblocked_again(
     assert bench.run(bench.completion(job))[0]["status"] == "completed"
     assert bench.rows("SELECT status, unblocking_processed FROM job WHERE id = ?", job) == \
         [(5, 0)]
+
+
+def test_a_start_naming_an_unknown_node_is_refused_and_starts_nothing(bench: Bench) -> None:
+    claimed = bench.run((ops.claim_next_jobs, bench.workflow_id, 2))[0]["jobs"]
+    ids = [job["id"] for job in claimed]
+    outcomes = bench.run((ops.batch_start_jobs, bench.workflow_id, bench.run_id, 999, ids),
+                         (ops.start_job, ids[0], bench.run_id, 999))
+    assert outcomes == [422, 422]
+    assert bench.rows("SELECT DISTINCT status FROM job WHERE id IN (?, ?)", *ids) == [(3,)]
+
+
+def test_a_deleted_workflows_compute_nodes_are_forgotten(bench: Bench) -> None:
+    assert bench.node_id in bench.state.nodes
+    bench.run((ops.delete_workflow, bench.workflow_id))
+    assert bench.node_id not in bench.state.nodes

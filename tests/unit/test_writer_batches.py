@@ -10,7 +10,7 @@ from typing import Any
 
 from torc_stress.errors import ApiError
 from torc_stress.server.metrics import Metrics
-from torc_stress.server.ops_common import checks_first
+from torc_stress.server.ops_common import checks_first, references_checked
 from torc_stress.server.writer import Op, Writer
 
 
@@ -142,3 +142,29 @@ def test_calls_the_merged_form_gives_up_on_run_one_by_one(tmp_path: Path) -> Non
     assert outcomes == ["stored a", "stored alone", 422]
     assert len(MERGED_CALLS) == 1
     assert rows == ["a", "alone"]
+
+
+@references_checked
+@checks_first
+def fk_state_checked(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA foreign_keys").fetchone()[0])
+
+
+def fk_state_unchecked(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA foreign_keys").fetchone()[0])
+
+
+def test_a_batch_of_ops_that_check_their_references_runs_without_foreign_key_checks(
+        tmp_path: Path) -> None:
+    conn = sqlite3.connect(str(tmp_path / "w.db"), isolation_level=None)
+    conn.execute("PRAGMA foreign_keys=ON")
+    writer = Writer(conn, Hooks(), Metrics())
+    seen = []
+    for fns in ((fk_state_checked, fk_state_checked), (fk_state_checked, fk_state_unchecked),
+                (fk_state_checked,)):
+        ops = [Op(fn.__name__, fn, (), time.perf_counter(), None, concurrent.futures.Future())
+               for fn in fns]
+        writer._run_now(ops)
+        seen.append([op.future.result(timeout=5) for op in ops])
+    conn.close()
+    assert seen == [[0, 0], [1, 1], [0]]

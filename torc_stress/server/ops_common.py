@@ -43,6 +43,20 @@ def checks_first(fn: F) -> F:
     return fn
 
 
+def references_checked(fn: F) -> F:
+    """Marks an op whose writes set no reference (foreign key) that it has not checked itself.
+
+    The per-job ops check the compute node ids they store against memory
+    (``ServerState.check_node``); their other references (workflow, job, the result just
+    written) exist by construction. A transaction made only of such ops runs without SQLite's
+    foreign-key enforcement, which costs a parent lookup per reference per row written
+    (measured on this VM: 5.4 vs 2.7 us per ``workflow_result`` row, 4.9 vs 3.1 per job update).
+    Any other op in the batch turns enforcement back on for the whole transaction.
+    """
+    fn.references_checked = True  # type: ignore[attr-defined]
+    return fn
+
+
 def _bad(message: str) -> ApiError:
     return ApiError(422, message)
 

@@ -20,6 +20,7 @@ from torc_stress.server.ops_common import (
     _get,
     _job_model,
     checks_first,
+    references_checked,
 )
 from torc_stress.server.state import _DONE_INTS, _FAILURE_INTS, JobMem, ServerState
 from torc_stress.statuses import JobStatus
@@ -105,6 +106,7 @@ def check_completion(
         raise ConflictError(
             422, f"run_id {run_id} does not match workflow {wf.id}'s run_id {wf.run_id}"
         )
+    st.check_node(result["compute_node_id"])
     return Completion(job_id, jm, status, run_id, result)
 
 
@@ -160,6 +162,7 @@ def apply_completions(
                 st.premarked.add(c.job_id)
 
 
+@references_checked
 @checks_first
 def complete_job(
     conn: sqlite3.Connection,
@@ -223,6 +226,7 @@ def complete_jobs(conn: sqlite3.Connection, calls: list[tuple[Any, ...]]) -> lis
 complete_job.merged = complete_jobs  # type: ignore[attr-defined]
 
 
+@references_checked
 @checks_first
 def batch_complete_jobs(
     conn: sqlite3.Connection, st: ServerState, workflow_id: int, entries: list[dict[str, Any]]

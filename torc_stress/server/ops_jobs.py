@@ -14,6 +14,7 @@ from torc_stress.server.ops_common import (
     _job_model,
     _row_id,
     checks_first,
+    references_checked,
 )
 from torc_stress.server.state import (
     MAX_BULK_JOBS,
@@ -186,6 +187,7 @@ def _pop_ready(st: ServerState, wf: WorkflowMem, accept: Any, limit: int) -> lis
     return taken
 
 
+@references_checked
 @checks_first
 def claim_next_jobs(
     conn: sqlite3.Connection, st: ServerState, workflow_id: int, limit: int
@@ -295,6 +297,7 @@ def _startable(st: ServerState, job_id: int, jm: JobMem) -> bool:
 
 
 # -- run ---------------------------------------------------------------------------------------
+@references_checked
 @checks_first
 def start_job(
     conn: sqlite3.Connection, st: ServerState, job_id: int, run_id: int, node_id: int
@@ -308,6 +311,7 @@ def start_job(
         )
     if jm.status == 4 and jm.node_id == node_id:
         return _job_model(conn, st, job_id, compute_node_id=node_id)
+    st.check_node(node_id)
     if not _startable(st, job_id, jm):
         raise ConflictError(
             422,
@@ -348,6 +352,7 @@ def validate_batch_start(body: Any) -> tuple[int, int, list[int]]:
     return run_id, node_id, job_ids
 
 
+@references_checked
 @checks_first
 def batch_start_jobs(
     conn: sqlite3.Connection,
@@ -368,6 +373,7 @@ def batch_start_jobs(
         raise ConflictError(
             422, f"run_id {run_id} does not match workflow {wf.id}'s run_id {wf.run_id}"
         )
+    st.check_node(node_id)
     jobs = st.jobs
     started: list[int] = []
     fresh: list[int] = []

@@ -153,6 +153,7 @@ def create_compute_node(
             ),
         )
     )
+    st.nodes[cid] = wid
     return get_compute_node(conn, cid)
 
 

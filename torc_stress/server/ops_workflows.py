@@ -186,6 +186,8 @@ def delete_workflow(conn: sqlite3.Connection, st: ServerState, workflow_id: int)
     st.pending_unblock = [p for p in st.pending_unblock if p[0] not in wf.job_ids]
     for rr_id in [r for r, v in st.rr.items() if v[0] == workflow_id]:
         st.rr.pop(rr_id)
+    for node_id in [n for n, w in st.nodes.items() if w == workflow_id]:
+        del st.nodes[node_id]
     del st.workflows[workflow_id]
     st._dirty.discard(workflow_id)
     st._deleted.add(workflow_id)

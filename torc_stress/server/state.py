@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from torc_stress.errors import NotFoundError
+from torc_stress.errors import ConflictError, NotFoundError
 from torc_stress.logs import kv
 from torc_stress.server.metrics import Metrics
 from torc_stress.server.store import (
@@ -145,6 +145,8 @@ class ServerState:
         self.premarked: set[int] = set()
         #: the id of the last result row (completions number their result rows themselves)
         self.last_result_id = 0
+        #: compute node id -> its workflow id (the per-job writes check node ids here)
+        self.nodes: dict[int, int] = {}
         self.snapshots: dict[int, WorkflowSnapshot] = {}
         self.rr_models: dict[int, dict[str, Any]] = {}
         self._dirty: set[int] = set()
@@ -276,6 +278,12 @@ class ServerState:
             raise NotFoundError(404, f"job {job_id} does not exist")
         return jm
 
+    def check_node(self, node_id: int) -> None:
+        """Raises 422 unless compute node ``node_id`` exists (what its foreign key would say)."""
+        if node_id not in self.nodes:
+            raise ConflictError(422, f"compute node {node_id} does not exist; register the "
+                                "worker with POST /compute_nodes first")
+
     # -- loading ----------------------------------------------------------------------------
     def load(self, conn: sqlite3.Connection) -> None:
         """Rebuilds all memory from durable state (start-up, or after a failed transaction)."""
@@ -287,6 +295,7 @@ class ServerState:
         self.pending_unblock = []
         self.premarked = set()
         self.last_result_id = conn.execute("SELECT coalesce(max(id), 0) FROM result").fetchone()[0]
+        self.nodes = dict(conn.execute("SELECT id, workflow_id FROM compute_node"))
         for wid, run_id, canceled in conn.execute(
             "SELECT w.id, s.run_id, s.is_canceled FROM workflow w "
             "JOIN workflow_status s ON s.id = w.status_id"

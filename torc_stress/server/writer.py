@@ -77,6 +77,14 @@ class Op:
     merged: Callable[..., Any] | None = None
     #: called on the loop with ``(result, error)`` in place of resolving a future
     callback: Callable[[Any, BaseException | None], None] | None = None
+    #: may run without SQLite's foreign-key checks (see ``ops_common.references_checked``)
+    checked: bool = False
+
+    def __post_init__(self) -> None:
+        fn = self.fn
+        self.checked = getattr(fn, "references_checked", False)
+        if self.merged is None:
+            self.merged = getattr(fn, "merged", None)
 
 
 def is_lock_error(exc: BaseException) -> bool:
@@ -116,6 +124,7 @@ class Writer:
         self._attempt = 0
         self._exec_lock = threading.Lock()
         self._stopped = False
+        self._foreign_keys = True  # as the connection was opened
         conn.execute("PRAGMA busy_timeout=0")
 
     @property
@@ -131,8 +140,7 @@ class Writer:
             loop = self._loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._pending.append(Op(kind, fn, args, time.perf_counter(), loop, future,
-                                savepoint=not getattr(fn, "checks_first", False),
-                                merged=getattr(fn, "merged", None)))
+                                savepoint=not getattr(fn, "checks_first", False)))
         if not self._scheduled:
             self._scheduled = True
             loop.call_soon(self._flush_next)
@@ -152,7 +160,7 @@ class Writer:
             loop = self._loop = asyncio.get_running_loop()
         self._pending.append(Op(kind, fn, args, time.perf_counter(), loop, None,
                                 savepoint=not getattr(fn, "checks_first", False),
-                                merged=getattr(fn, "merged", None), callback=callback))
+                                callback=callback))
         if not self._scheduled:
             self._scheduled = True
             loop.call_soon(self._flush_next)
@@ -162,8 +170,7 @@ class Writer:
     ) -> concurrent.futures.Future[Any]:
         """Queues an op from any thread; returns a concurrent future."""
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        op = Op(kind, fn, args, time.perf_counter(), None, future,
-                merged=getattr(fn, "merged", None))
+        op = Op(kind, fn, args, time.perf_counter(), None, future)
         loop = self._loop
         if loop is not None and not loop.is_closed() and not self._stopped:
             try:
@@ -243,6 +250,7 @@ class Writer:
         """One try at a batch: ``done`` (every op has a result or error) or ``busy``."""
         with self._exec_lock:
             try:
+                self._enforce_foreign_keys(not all(op.checked for op in batch))
                 if not self._begin(batch):
                     return "busy"
                 self._execute(batch)
@@ -254,6 +262,12 @@ class Writer:
                     if op.error is None and op.result is None:
                         op.error = ApiError(500, f"internal error: {exc}")
         return "done"
+
+    def _enforce_foreign_keys(self, on: bool) -> None:
+        """Turns SQLite's foreign-key checks on or off (between transactions only)."""
+        if on != self._foreign_keys:
+            self.conn.execute(f"PRAGMA foreign_keys={'ON' if on else 'OFF'}")
+            self._foreign_keys = on
 
     def _begin(self, batch: list[Op]) -> bool:
         """``BEGIN IMMEDIATE`` once; False if another process holds the lock (retry later).
