@@ -157,3 +157,21 @@ def test_a_deleted_workflows_compute_nodes_are_forgotten(bench: Bench) -> None:
     assert bench.node_id in bench.state.nodes
     bench.run((ops.delete_workflow, bench.workflow_id))
     assert bench.node_id not in bench.state.nodes
+
+
+def test_a_pass_that_fails_half_way_through_its_writes_undoes_them(
+        bench: Bench, monkeypatch: pytest.MonkeyPatch) -> None:
+    ups = bench.start(4)
+    (dependent,) = bench.add_jobs(1, depends_on=ups)
+    bench.run((ops.initialize_jobs, bench.workflow_id, True))
+    write_pass = ServerState._write_pass
+
+    def half(conn: Any, outcome: Any, unmarked: Any, now: float) -> None:
+        write_pass(conn, outcome, unmarked, now)
+        raise RuntimeError("a bug after the pass wrote")
+
+    monkeypatch.setattr(ServerState, "_write_pass", staticmethod(half))
+    bench.run(*(bench.completion(j) for j in ups))
+    assert bench.rows("SELECT status FROM job WHERE id = ?", dependent) == [(1,)]
+    assert bench.rows(f"SELECT DISTINCT unblocking_processed FROM job WHERE id IN "
+                      f"({','.join('?' * 4)})", *ups) == [(0,)]

@@ -22,7 +22,7 @@ from torc_stress.server.store import (
     RR_COLUMNS,
     rr_row_to_model,
 )
-from torc_stress.server.unblocker import DependencyTracker
+from torc_stress.server.unblocker import DependencyTracker, UnblockOutcome
 from torc_stress.statuses import DONE, FINISHED, JobStatus
 
 logger = logging.getLogger("torc_stress.server.unblocker")
@@ -171,15 +171,11 @@ class ServerState:
             if self.wake_unblocker is not None:
                 self.wake_unblocker()
             return
-        conn.execute("SAVEPOINT unblock")
         try:
             self._in_batch_pass = True
             self.unblock_pass(conn)
-            conn.execute("RELEASE unblock")
         except Exception:
             logger.exception("unblock pass failed; it is redone from durable state")
-            conn.execute("ROLLBACK TO unblock")
-            conn.execute("RELEASE unblock")
             # the completions were stored as processed: store them as not, so the reload
             # below (and any later start-up) redoes their unblocking
             conn.executemany(
@@ -359,20 +355,18 @@ class ServerState:
         jobs = self.jobs
         outcome = self.tracker.mark_done(items, lambda j: jobs[j].cancel_flag)
         now = time.time()
-        if outcome.ready:
-            conn.executemany(
-                "UPDATE job SET status = 2, ready_time = ? WHERE id = ?",
-                [(now, j) for j in outcome.ready],
-            )
-        if outcome.canceled:
-            conn.executemany(
-                "UPDATE job SET status = 7, end_time = ?, unblocking_processed = 1 WHERE id = ?",
-                [(now, j) for j in outcome.canceled],
-            )
         premarked = self.premarked
         unmarked = [(j,) for j, _, _ in items if j not in premarked]
-        if unmarked:
-            conn.executemany("UPDATE job SET unblocking_processed = 1 WHERE id = ?", unmarked)
+        if outcome.ready or outcome.canceled or unmarked:
+            # all or nothing; most passes (no dependent became ready) write nothing at all
+            conn.execute("SAVEPOINT unblock")
+            try:
+                self._write_pass(conn, outcome, unmarked, now)
+            except BaseException:
+                conn.execute("ROLLBACK TO unblock")
+                conn.execute("RELEASE unblock")
+                raise
+            conn.execute("RELEASE unblock")
         per_wf: dict[int, list[int]] = {}
         for jid, _, _ in items:
             per_wf.setdefault(jobs[jid].workflow_id, [0, 0, 0])[0] += 1
@@ -421,6 +415,23 @@ class ServerState:
                     duration_ms=duration_ms,
                 ),
             )
+
+    @staticmethod
+    def _write_pass(
+        conn: sqlite3.Connection, outcome: UnblockOutcome, unmarked: list[tuple[int]], now: float
+    ) -> None:
+        if outcome.ready:
+            conn.executemany(
+                "UPDATE job SET status = 2, ready_time = ? WHERE id = ?",
+                [(now, j) for j in outcome.ready],
+            )
+        if outcome.canceled:
+            conn.executemany(
+                "UPDATE job SET status = 7, end_time = ?, unblocking_processed = 1 WHERE id = ?",
+                [(now, j) for j in outcome.canceled],
+            )
+        if unmarked:
+            conn.executemany("UPDATE job SET unblocking_processed = 1 WHERE id = ?", unmarked)
 
     def op_unblock(self, conn: sqlite3.Connection) -> dict[str, Any]:
         """The delayed unblocker's op: one pass over every pending completion."""
