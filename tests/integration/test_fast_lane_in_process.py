@@ -128,3 +128,22 @@ def test_an_idle_connection_after_a_fast_lane_answer_closes_after_the_keep_alive
         assert time.monotonic() - answered >= KEEP_ALIVE_S * 0.8
     finally:
         conn.close()
+
+
+def test_the_keep_alive_timeout_counts_from_the_last_answer_not_the_first(
+    in_process_server,
+) -> None:
+    conn = RawConnection(in_process_server.port)
+    try:
+        wid, _, _ = _workflow_with_a_claimed_job(conn)
+        path = f"/workflows/{wid}/is_complete"
+        started = time.monotonic()
+        answered = started
+        while answered - started < KEEP_ALIVE_S * 2.5:  # busy past the first timeout
+            time.sleep(KEEP_ALIVE_S / 4)
+            assert conn.request("GET", path).status == 200
+            answered = time.monotonic()
+        assert conn.closed_by_server(KEEP_ALIVE_S * 10)
+        assert time.monotonic() - answered >= KEEP_ALIVE_S * 0.8
+    finally:
+        conn.close()
