@@ -6,7 +6,6 @@ tests run such batches through the real writer, state and SQLite file, without H
 
 from __future__ import annotations
 
-import concurrent.futures
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,13 +14,13 @@ from typing import Any
 
 import pytest
 
+from tests.unit.writer_ops import run_batch_of
 from torc_stress.client import rfc3339
-from torc_stress.errors import ApiError
 from torc_stress.server import ops
 from torc_stress.server.main import _open_database
 from torc_stress.server.metrics import Metrics
 from torc_stress.server.state import ServerState
-from torc_stress.server.writer import Op, Writer
+from torc_stress.server.writer import Writer
 
 
 @dataclass
@@ -36,17 +35,7 @@ class Bench:
 
     def run(self, *calls: tuple[Any, ...]) -> list[Any]:
         """Runs ``(fn, *args)`` calls as one batch; each outcome is a result or an HTTP status."""
-        batch = [Op(fn.__name__, fn, (self.state, *args), time.perf_counter(), None,
-                    concurrent.futures.Future(), savepoint=not getattr(fn, "checks_first", False),
-                    merged=getattr(fn, "merged", None)) for fn, *args in calls]
-        self.writer._run_now(batch)
-        outcomes = []
-        for op in batch:
-            try:
-                outcomes.append(op.future.result(timeout=5))
-            except ApiError as exc:
-                outcomes.append(exc.status)
-        return outcomes
+        return run_batch_of(self.writer, [(fn, (self.state, *args)) for fn, *args in calls])
 
     def add_jobs(self, count: int, depends_on: list[int] | None = None) -> list[int]:
         jobs = [{"workflow_id": self.workflow_id, "name": f"j{time.perf_counter_ns()}-{i}",

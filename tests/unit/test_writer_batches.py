@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import concurrent.futures
 import sqlite3
-import time
 from pathlib import Path
 from typing import Any
 
+from tests.unit.writer_ops import run_batch_of
 from torc_stress.errors import ApiError
 from torc_stress.server.metrics import Metrics
 from torc_stress.server.ops_common import checks_first, references_checked
-from torc_stress.server.writer import Op, Writer
+from torc_stress.server.writer import Writer
 
 
 class Hooks:
@@ -86,16 +85,7 @@ def run_batch(tmp_path: Path, *fns: Any, args: list[tuple[Any, ...]] | None = No
     hooks = Hooks()
     writer = Writer(conn, hooks, Metrics())
     args = args or [()] * len(fns)
-    ops = [Op(fn.__name__, fn, a, time.perf_counter(), None, concurrent.futures.Future(),
-              savepoint=not getattr(fn, "checks_first", False),
-              merged=getattr(fn, "merged", None)) for fn, a in zip(fns, args, strict=True)]
-    writer._run_now(ops)
-    outcomes = []
-    for op in ops:
-        try:
-            outcomes.append(op.future.result(timeout=5))
-        except ApiError as exc:
-            outcomes.append(exc.status)
+    outcomes = run_batch_of(writer, list(zip(fns, args, strict=True)))
     rows = [r[0] for r in conn.execute("SELECT x FROM t ORDER BY rowid")]
     conn.close()
     return outcomes, rows, hooks
@@ -162,9 +152,6 @@ def test_a_batch_of_ops_that_check_their_references_runs_without_foreign_key_che
     seen = []
     for fns in ((fk_state_checked, fk_state_checked), (fk_state_checked, fk_state_unchecked),
                 (fk_state_checked,)):
-        ops = [Op(fn.__name__, fn, (), time.perf_counter(), None, concurrent.futures.Future())
-               for fn in fns]
-        writer._run_now(ops)
-        seen.append([op.future.result(timeout=5) for op in ops])
+        seen.append(run_batch_of(writer, [(fn, ()) for fn in fns]))
     conn.close()
     assert seen == [[0, 0], [1, 1], [0]]
