@@ -153,8 +153,9 @@ def create_compute_node(
             ),
         )
     )
-    st.nodes[cid] = wid
-    return get_compute_node(conn, cid)
+    model = get_compute_node(conn, cid)
+    st.nodes[cid] = wid  # last: memory changes only once nothing can fail
+    return model
 
 
 def get_compute_node(conn: sqlite3.Connection, node_id: int) -> dict[str, Any]:
