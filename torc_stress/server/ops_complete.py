@@ -178,10 +178,10 @@ def complete_job(
     premark = st.unblocks_in_batch
     write_completions(conn, st, items, now, premark=premark)
     apply_completions(st, items, now, premarked=premark)
-    return _answer(conn, st, job_id)
+    return _completed_model(conn, st, job_id)
 
 
-def _answer(conn: sqlite3.Connection, st: ServerState, job_id: int) -> dict[str, Any]:
+def _completed_model(conn: sqlite3.Connection, st: ServerState, job_id: int) -> dict[str, Any]:
     model = _job_model(conn, st, job_id)
     st.jobs[job_id].model = None
     return model
@@ -219,7 +219,7 @@ def complete_jobs(conn: sqlite3.Connection, calls: list[tuple[Any, ...]]) -> lis
     if _write_together(conn, st, items, now, premark=premark) is None:
         return None
     apply_completions(st, items, now, premarked=premark)
-    return [(None, error) if error is not None else (_answer(conn, st, job_id), None)
+    return [(None, error) if error is not None else (_completed_model(conn, st, job_id), None)
             for job_id, error in outcomes]
 
 

@@ -100,10 +100,10 @@ class Writer:
     and awaits a future (or passes a callback, :meth:`submit_callback`); the first op schedules
     :meth:`_flush` two or three loop iterations later (:meth:`_flush_next`), so every request
     parsed meanwhile shares one transaction, and the answers are given on the loop with no
-    thread hand-off. A write lock held by another
-    *process* (SQLITE_BUSY) never blocks the loop: ``BEGIN IMMEDIATE`` fails at once and the
-    batch is retried with ``call_later`` and jittered backoff. Threads other than the loop use
-    :meth:`call`; before the loop exists (start-up) their ops run on the calling thread.
+    thread hand-off. A write lock held by another *process* (SQLITE_BUSY) never blocks the
+    loop: ``BEGIN IMMEDIATE`` fails at once and the batch is retried with ``call_later`` and
+    jittered backoff. Threads other than the loop use :meth:`call`; before the loop exists
+    (start-up) their ops run on the calling thread.
     """
 
     def __init__(
@@ -416,6 +416,8 @@ class Writer:
                 logger.error("merged write ops failed after they wrote; rolling the batch back",
                              extra=kv(op=group[0].kind, ops=len(group), error=str(exc)))
                 raise _Dirty from exc
+            logger.warning("merged write ops failed before writing; running them one by one",
+                           exc_info=exc, extra=kv(op=group[0].kind, ops=len(group)))
             outcomes = None
         if outcomes is None:
             for op in group:
