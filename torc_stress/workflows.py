@@ -1,7 +1,7 @@
 """Generators of workflow specs of the contention shape (the seed's), at any size.
 
 ``contention_workflow(5, 1000)`` yields the same jobs, commands and dependencies as
-``../shared/seed/workflow.yaml``: ``stages`` stages of ``jobs_per_stage`` parallel echo jobs,
+the seed workflow (``workflows/database_contention.yaml``): ``stages`` stages of ``jobs_per_stage`` parallel echo jobs,
 each stage followed by a barrier job that depends on the whole stage (by regex), each stage
 after the first depending on the previous barrier. The last barrier is ``workflow_complete``.
 """

@@ -20,7 +20,7 @@ from torc_stress.client import TorcClient
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-SEED = Path(os.environ.get("TORC_STRESS_SEED", ROOT.parent / "shared" / "seed" / "workflow.yaml"))
+SEED = ROOT / "workflows" / "database_contention.yaml"  # the project's copy of the seed
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
