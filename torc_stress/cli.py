@@ -110,6 +110,9 @@ def _add_server(groups: Any) -> None:
     run.add_argument("--unblock-delay", type=float, default=0.0)
     run.add_argument("--lock-error-after", type=float, default=45.0)
     run.add_argument("--token-file", dest="server_token_file", type=Path)
+    run.add_argument("--lease-s", type=float, default=5.0,
+                     help="seconds a heartbeating compute node may go silent before its jobs "
+                     "go back to ready (0: no leases; default 5)")
     backup = _command(commands, "backup", "copy a live database consistently", _server_backup)
     backup.add_argument("src", type=Path, metavar="SRC")
     backup.add_argument("dest", type=Path, metavar="DEST")
@@ -191,7 +194,8 @@ def _server_run(args: argparse.Namespace, stream: TextIO) -> int:
     settings = ServerSettings(
         host=args.host, port=args.port, database=args.database, log_level=args.log_level,
         log_file=args.log_file, metrics_file=args.metrics_file, unblock_delay=args.unblock_delay,
-        lock_error_after=args.lock_error_after, token_file=args.server_token_file)
+        lock_error_after=args.lock_error_after, token_file=args.server_token_file,
+        lease_s=args.lease_s)
     return serve(settings)
 
 

@@ -129,7 +129,12 @@ class TorcClient:
         # an empty "Accept:" drops libcurl's "Accept: */*" (every answer is JSON anyway, and
         # each header line costs the server a parser callback).
         headers = [f"{k}: {v}" for k, v in self._headers.items()] + ["Expect:", "Accept:"]
+        self._token = token
         self._pool = _CurlPool(timeout, headers)
+
+    def with_timeout(self, timeout: float) -> TorcClient:
+        """A client of the same server and token whose requests give up after ``timeout`` s."""
+        return TorcClient(self.url, token=self._token, timeout=timeout, recorder=self.recorder)
 
     def close(self) -> None:
         """Closes the pooled connections."""
@@ -287,15 +292,30 @@ class TorcClient:
         return self.request("POST", "/compute_nodes", body=body,
                             op="create_compute_node")
 
+    def heartbeat(self, compute_node_id: int) -> dict[str, Any]:
+        """Renews the node's lease (an extension of torc's API); ``{"lease_s": S}``.
+
+        Raises:
+            ConflictError: 409, the lease expired: the node's jobs went to others.
+        """
+        return self.request("POST", f"/compute_nodes/{int(compute_node_id)}/heartbeat",
+                            body={}, op="heartbeat")
+
     def update_compute_node(self, node: Mapping[str, Any]) -> dict[str, Any]:
         """Replaces a compute node (``PUT``, full model with ``id``)."""
         return self.request("PUT", f"/compute_nodes/{node['id']}", body=dict(node),
                             op="update_compute_node")
 
-    def claim_next_jobs(self, workflow_id: int, limit: int) -> list[dict[str, Any]]:
-        """Claims up to ``limit`` ready jobs (they become pending) and returns them."""
-        doc = self.request("POST", f"/workflows/{workflow_id}/claim_next_jobs?limit={int(limit)}",
-                           body={}, op="claim")
+    def claim_next_jobs(self, workflow_id: int, limit: int,
+                        compute_node_id: int | None = None) -> list[dict[str, Any]]:
+        """Claims up to ``limit`` ready jobs (they become pending) and returns them.
+
+        With ``compute_node_id`` (an extension of torc's API) the claim is owned by that node.
+        """
+        path = f"/workflows/{workflow_id}/claim_next_jobs?limit={int(limit)}"
+        if compute_node_id is not None:
+            path += f"&compute_node_id={int(compute_node_id)}"
+        doc = self.request("POST", path, body={}, op="claim")
         return list(doc.get("jobs") or [])
 
     def claim_jobs_based_on_resources(self, workflow_id: int, limit: int,

@@ -14,11 +14,21 @@ Three threads, so a freed slot never waits on a round trip to the server:
   not take (unreachable, 5xx, 503) is re-sent with backoff until it is taken; a 409/422 answer
   to a re-sent request means the earlier one got through.
 
+A fourth thread heartbeats the compute node (:mod:`torc_stress.worker_lease`) when the server
+leases nodes. Claims are owned by the node (``compute_node_id`` on the claim). When the lease is
+lost (the server expired it, or no heartbeat was answered for most of the lease) the worker
+kills its running jobs without reporting them, drops its claims (the server gives all of them
+to other workers at the next attempt), registers a new compute node and goes on. After a claim
+request whose answer was lost, the worker adopts the pending jobs the server says it holds.
+
 SIGTERM/SIGINT stop claiming; running and already claimed jobs get ``grace_s`` seconds to run,
-then the running ones are killed and reported terminated, and claimed ones that never got a slot
-are reported terminated too (the server cannot take a claim back), so no job is left pending or
-running. At exit every queued report is delivered, then the node is marked inactive and the
-worker metrics file is written.
+then the running ones are killed and reported terminated. Claimed ones that never got a slot go
+back to ready when the node is marked inactive at exit (a leased node); against a server without
+leases they are reported terminated, so no job is left pending or running. At exit every queued
+report is delivered, then the node is marked inactive and the worker metrics file is written.
+
+Every spawn and every exit is written to ``executions_<node>_<pid>.jsonl`` as it happens, one
+``os.write`` per line, so the record survives a SIGKILL of the worker.
 """
 
 from __future__ import annotations
@@ -42,11 +52,13 @@ from torc_stress.client import LatencyRecorder, TorcClient, rfc3339
 from torc_stress.errors import StressError
 from torc_stress.logs import kv
 from torc_stress.worker_claimer import ClaimerMixin
+from torc_stress.worker_lease import Lease, LeaseLost
 from torc_stress.worker_logic import (
     Backoff,
     build_metrics,
     claim_limit,
     classify_failure,
+    journal_path,
     metrics_path,
     status_for,
     stdio_paths,
@@ -143,6 +155,14 @@ class Worker(ClaimerMixin, ReporterMixin):
         self._refused: deque[int] = deque()  # appended by the reporter, popped by main
         self._thread_error: StressError | None = None
         self._threads: list[threading.Thread] = []
+        # the compute node's lease; a lost node is replaced by the main thread
+        self.lease = Lease(client, self._node_lost)
+        self._lost: tuple[int, LeaseLost] | None = None
+        self.nodes_lost = 0
+        #: every job id handed to this worker (claimed or adopted); claimer thread only
+        self._known: set[int] = set()
+        self._reconcile = False  # a claim's answer may have been lost: adopt before claiming
+        self._journal_fd = -1
 
     # ------------------------------------------------------------------ public
 
@@ -212,6 +232,9 @@ class Worker(ClaimerMixin, ReporterMixin):
             self._until_taken("initialize_jobs", lambda: self.client.initialize_jobs(
                 self.workflow_id, only_uninitialized=True))
         self.node = self._until_taken("create_compute_node", self._create_node)
+        self._until_taken("heartbeat", lambda: self.lease.start(int(self.node["id"])))
+        self._journal_fd = os.open(journal_path(self.output_dir, self.node_name, self.pid),
+                                   os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
         seal_inherited_descriptors()
         self._base_env = dict(os.environ)
         self._base_env.update(TORC_WORKFLOW_ID=str(self.workflow_id),
@@ -265,6 +288,8 @@ class Worker(ClaimerMixin, ReporterMixin):
                 raise self._thread_error
             if self._refused:
                 self._kill_refused()
+            if self._lost is not None:
+                self._replace_node()
             if self._state == "canceled":
                 log.info("workflow canceled; killing running jobs",
                          extra=kv(workflow_id=self.workflow_id, running=len(self.running)))
@@ -274,7 +299,11 @@ class Worker(ClaimerMixin, ReporterMixin):
                     and time.monotonic() >= self._stop_deadline:
                 return 0  # _shutdown kills the running and reports the claimed terminated
             while self.claimed and len(self.running) < self.max_parallel_jobs:
-                self._spawn(self.claimed.popleft())
+                job = self.claimed.popleft()
+                if job.get("_node") == self.node.get("id"):
+                    self._spawn(job)
+                else:  # claimed for a node given up since
+                    self._release(1)
             if not self.running and not self.claimed and self._reports_idle():
                 if self._stop_requested and not self._claiming:
                     log.info("worker stopped", extra=kv(jobs_run=self.jobs_run))
@@ -333,6 +362,9 @@ class Worker(ClaimerMixin, ReporterMixin):
             self._job_done(job, 127, started, killed=False)
             return
         pidfd = os.pidfd_open(pid)
+        self._journal({"e": "spawn", "job_id": job_id, "attempt": attempt, "t": time.time(),
+                       "node": self.node_name, "pid": self.pid,
+                       "compute_node_id": self.node.get("id")})
         running = RunningJob(job=job, pid=pid, pidfd=pidfd, started=started)
         self.running[job_id] = running
         self._selector.register(pidfd, selectors.EVENT_READ, running)
@@ -345,6 +377,12 @@ class Worker(ClaimerMixin, ReporterMixin):
         os.close(running.pidfd)
         job = running.job
         del self.running[int(job["id"])]
+        self._journal({"e": "exit", "job_id": int(job["id"]),
+                       "attempt": int(job.get("attempt_id") or 1), "t": time.time(),
+                       "rc": returncode, "killed": running.killed})
+        if running.abandoned:
+            self._release(1)
+            return
         self._job_done(job, returncode, running.started, killed=running.killed)
 
     def _job_done(self, job: dict[str, Any], returncode: int, started: float, *,
@@ -386,6 +424,57 @@ class Worker(ClaimerMixin, ReporterMixin):
                 running.killed = True
                 with contextlib.suppress(ProcessLookupError):
                     signal.pidfd_send_signal(running.pidfd, signal.SIGKILL)
+
+    def _journal(self, record: dict[str, Any]) -> None:
+        """Appends one execution record (one write: it survives a SIGKILL of the worker)."""
+        if self._journal_fd >= 0:
+            try:
+                os.write(self._journal_fd, orjson.dumps(record) + b"\n")
+            except OSError as exc:
+                log.warning("cannot write the execution journal", extra=kv(error=str(exc)))
+
+    # ------------------------------------------------------------------ lost node
+
+    def _node_lost(self, node_id: int, reason: LeaseLost) -> None:
+        """Called from any thread when the compute node is lost; the main thread acts."""
+        if self._lost is None and node_id == self.node.get("id"):
+            self._lost = (node_id, reason)
+            self._wake_main()
+
+    def _replace_node(self) -> None:
+        """Gives up a lost compute node and registers a new one.
+
+        The server gives every job the node held to other workers at the next attempt, so
+        the jobs running here are killed unreported and the claimed ones dropped.
+        """
+        assert self._lost is not None
+        node_id, reason = self._lost
+        self.nodes_lost += 1
+        log.warning("compute node lost; killing its jobs and registering a new node",
+                    extra=kv(compute_node_id=node_id, reason=reason.value,
+                             running=len(self.running), claimed=len(self.claimed)))
+        self.lease.stop()
+        for running in list(self.running.values()):
+            running.killed = running.abandoned = True
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(running.pidfd, signal.SIGKILL)
+        abandoned = set(self.running)
+        for running in list(self.running.values()):
+            self._reap(running)
+        dropped = len(self.claimed)
+        self.claimed.clear()
+        self._release(dropped)
+        with self._reports_cv:
+            keep = [r for r in self._reports if r.kind != "start" or r.job_id not in abandoned]
+            self._reports.clear()
+            self._reports.extend(keep)
+        node = self._until_taken("create_compute_node", self._create_node)
+        self._until_taken("heartbeat", lambda: self.lease.start(int(node["id"])))
+        self.node = node
+        self._lost = None
+        self._claim_wake.set()
+        log.info("new compute node registered", extra=kv(compute_node_id=node.get("id"),
+                                                         replaces=node_id))
 
     # ------------------------------------------------------------------ outages
 
@@ -432,6 +521,7 @@ class Worker(ClaimerMixin, ReporterMixin):
     def _shutdown(self) -> None:
         """Kills what still runs, settles claimed jobs, delivers every report, stops threads."""
         self._closing = True
+        self.lease.stop()
         self._claim_wake.set()
         for thread in self._threads:
             if thread.name == "worker-claimer":
@@ -461,7 +551,8 @@ class Worker(ClaimerMixin, ReporterMixin):
         way to leave nothing stranded. It happens only on a hard stop (second signal, grace
         over, unrecoverable error): a normal stop runs the claimed jobs first.
         """
-        if not self.claimed or self._state == "canceled":
+        if not self.claimed or self._state == "canceled" or self.lease.active:
+            # a leased node's claims go back to ready when it is marked inactive at exit
             self.claimed.clear()
             return
         log.warning("reporting claimed jobs that never ran as terminated",
@@ -504,7 +595,7 @@ class Worker(ClaimerMixin, ReporterMixin):
                             extra=kv(compute_node_id=node["id"], error=str(exc)))
         self._write_metrics()
         self._selector.close()
-        for fd in (self._wake_r, self._wake_w, self._devnull):
+        for fd in (self._wake_r, self._wake_w, self._devnull, self._journal_fd):
             with contextlib.suppress(OSError):
                 os.close(fd)
 

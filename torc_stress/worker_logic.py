@@ -52,6 +52,11 @@ def stdio_paths(output_dir: Path, workflow_id: int, job_id: int, run_id: int,
     return stem.with_suffix(".o"), stem.with_suffix(".e")
 
 
+def journal_path(output_dir: Path, node_name: str, pid: int) -> Path:
+    """Where a worker records each job execution (``executions_<node>_<pid>.jsonl``)."""
+    return output_dir / f"executions_{node_name}_{pid}.jsonl"
+
+
 def metrics_path(output_dir: Path, node_name: str, pid: int) -> Path:
     """Returns ``<out>/worker_<node>_<pid>_metrics.json``."""
     return output_dir / f"worker_{node_name}_{pid}_metrics.json"

@@ -17,6 +17,8 @@ class RunningJob:
     pidfd: int
     started: float
     killed: bool = False
+    #: killed because the worker gave up its compute node: nothing is reported for it
+    abandoned: bool = False
 
 
 @dataclass

@@ -1,9 +1,10 @@
 """Generators of workflow specs of the contention shape (the seed's), at any size.
 
-``contention_workflow(5, 1000)`` yields the same jobs, commands and dependencies as
-the seed workflow (``workflows/database_contention.yaml``): ``stages`` stages of ``jobs_per_stage`` parallel echo jobs,
-each stage followed by a barrier job that depends on the whole stage (by regex), each stage
-after the first depending on the previous barrier. The last barrier is ``workflow_complete``.
+``contention_workflow(5, 1000)`` yields the same jobs, commands and dependencies as the seed
+workflow (``workflows/database_contention.yaml``): ``stages`` stages of ``jobs_per_stage``
+parallel echo jobs, each stage followed by a barrier job that depends on the whole stage (by
+regex), each stage after the first depending on the previous barrier. The last barrier is
+``workflow_complete``.
 """
 
 from __future__ import annotations

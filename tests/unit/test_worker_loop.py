@@ -66,7 +66,11 @@ class FakeServer:
             done = all(j["status"] in DONE for j in self.jobs.values())
         return {"is_complete": done or self.canceled, "is_canceled": self.canceled}
 
-    def claim_next_jobs(self, wf: int, limit: int) -> list[dict[str, Any]]:
+    def heartbeat(self, node_id: int) -> dict[str, Any]:
+        raise NotFoundError(404, "no route POST /compute_nodes/7/heartbeat")  # as torc's server
+
+    def claim_next_jobs(self, wf: int, limit: int,
+                        compute_node_id: int | None = None) -> list[dict[str, Any]]:
         with self.lock:
             if self.canceled:
                 return []
@@ -261,9 +265,9 @@ def test_a_worker_never_holds_more_than_its_slots_and_prefetch(tmp_path: Path) -
     most = 0
     claim = server.claim_next_jobs
 
-    def counting_claim(wf: int, limit: int) -> list[dict[str, Any]]:
+    def counting_claim(wf: int, limit: int, **kw: Any) -> list[dict[str, Any]]:
         nonlocal most
-        jobs = claim(wf, limit)
+        jobs = claim(wf, limit, **kw)
         most = max(most, len(worker.running) + len(worker.claimed) + len(jobs))
         return jobs
 

@@ -90,6 +90,8 @@ class Api(SystemRoutes, WorkflowRoutes, JobRoutes, NodeRoutes):
         add("POST", "/compute_nodes", self.create_compute_node, "register a compute node")
         add("GET", "/compute_nodes/{id}", self.get_compute_node, "get a compute node")
         add("PUT", "/compute_nodes/{id}", self.update_compute_node, "update a compute node")
+        add("POST", "/compute_nodes/{id}/heartbeat", self.heartbeat,
+            "renew a compute node's lease (extension)")
         add("GET", "/results", self.list_results, "list results")
         add("GET", "/events", self.list_events, "list events")
         add("POST", "/events", self.create_event, "create an event")

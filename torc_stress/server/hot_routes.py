@@ -262,24 +262,22 @@ class HotRoutes:
     def _claim_next_jobs(self, parts: list[str], query: bytes, body: bytes) -> Any:
         wid = _int_part(parts[1], "id")
         limit = 10
+        node: int | None = None
         if query:
             for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
                 if name == "limit" and value != "":
-                    try:
-                        limit = int(value)
-                    except ValueError:
-                        raise ApiError(
-                            400, f"query parameter 'limit' must be an integer, got {value!r}"
-                        ) from None
+                    limit = _query_int(name, value)
+                elif name == "compute_node_id" and value != "":
+                    node = _query_int(name, value)
         if limit < 0 or limit > MAX_LIMIT:
             raise ApiError(400, f"limit must be between 0 and {MAX_LIMIT}")
         api = self.api
         wf = api.state.workflows.get(wid)
-        if wf is not None and not wf.ready:
+        if wf is not None and not wf.ready and (node is None or node not in api.state.expired):
             # nothing ready: answer without a transaction (the writer runs on this loop, so
             # the in-memory ready queue is the committed truth between batches)
             return {"jobs": []}
-        return Write("claim", ops.claim_next_jobs, (api.state, wid, limit))
+        return Write("claim", ops.claim_next_jobs, (api.state, wid, limit, node))
 
     def _is_complete(self, parts: list[str], query: bytes, body: bytes) -> Any:
         snap = self.api.snapshot(_int_part(parts[1], "id"))
@@ -305,3 +303,12 @@ class HotRoutes:
         return Write(
             "batch_start_jobs", ops.batch_start_jobs, (self.api.state, wid, run_id, node, job_ids)
         )
+
+
+def _query_int(name: str, value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise ApiError(
+            400, f"query parameter {name!r} must be an integer, got {value!r}"
+        ) from None

@@ -25,6 +25,7 @@ from torc_stress.server.app import Api, build_app, error_response
 from torc_stress.server.auth import UNAUTHORIZED_MESSAGE, authorization_header, token_accepted
 from torc_stress.server.checkpointer import Checkpointer, disable_autocheckpoint
 from torc_stress.server.fast_lane import fast_lane_protocol
+from torc_stress.server.leases import LeaseWatcher, expire_due
 from torc_stress.server.metrics import Metrics
 from torc_stress.server.state import ServerState
 from torc_stress.server.store import ReadPool, create_schema, open_writer_connection
@@ -49,6 +50,7 @@ class ServerSettings:
     unblock_delay: float = 0.0
     lock_error_after: float = 45.0
     token_file: Path | None = None
+    lease_s: float = 5.0
 
 
 def unblock_op(conn: sqlite3.Connection, state: ServerState) -> dict[str, Any]:
@@ -108,8 +110,10 @@ def serve(settings: ServerSettings) -> int:
     import uvicorn
 
     configure_logging(settings.log_level, settings.log_file)
-    if settings.unblock_delay < 0 or settings.lock_error_after <= 0:
-        raise ConfigError("--unblock-delay must be >= 0 and --lock-error-after > 0")
+    if settings.unblock_delay < 0 or settings.lock_error_after <= 0 or settings.lease_s < 0:
+        raise ConfigError(
+            "--unblock-delay and --lease-s must be >= 0 and --lock-error-after > 0"
+        )
     token = None
     if settings.token_file is not None:
         token = Path(settings.token_file).read_text(encoding="utf-8").strip()
@@ -119,7 +123,7 @@ def serve(settings: ServerSettings) -> int:
     db_path.parent.mkdir(parents=True, exist_ok=True)
     metrics = Metrics()
     conn = _open_database(db_path, settings.lock_error_after)
-    state = ServerState(metrics, settings.unblock_delay)
+    state = ServerState(metrics, settings.unblock_delay, settings.lease_s)
     state.conn = conn
     state.load(conn)
     disable_autocheckpoint(conn)
@@ -134,6 +138,10 @@ def serve(settings: ServerSettings) -> int:
     released = writer.call("release_claims", ops.release_unstarted_claims, state)["released"]
     if released:
         logger.info("claimed jobs that never started are ready again", extra=kv(jobs=released))
+    watcher = None
+    if settings.lease_s > 0:
+        watcher = LeaseWatcher(state, lambda: writer.call("expire_leases", expire_due, state))
+        watcher.start()
     unblocker = None
     if settings.unblock_delay > 0:
         unblocker = UnblockerThread(settings.unblock_delay,
@@ -155,7 +163,8 @@ def serve(settings: ServerSettings) -> int:
     sys.stdout.write(f"TORC_SERVER_PORT={port}\n")
     sys.stdout.flush()
     logger.info("server listening", extra=kv(host=settings.host, port=port, database=db_path,
-                                             unblock_delay=settings.unblock_delay))
+                                             unblock_delay=settings.unblock_delay,
+                                             lease_s=settings.lease_s))
 
     stop_metrics = threading.Event()
     metrics_thread = None
@@ -186,6 +195,8 @@ def serve(settings: ServerSettings) -> int:
         server.run(sockets=[sock])
     finally:
         logger.info("shutting down: finishing queued writes")
+        if watcher is not None:
+            watcher.stop()
         if unblocker is not None:
             unblocker.stop()
         writer.stop()
@@ -217,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--unblock-delay", type=float, default=0.0)
     parser.add_argument("--lock-error-after", type=float, default=45.0)
     parser.add_argument("--token-file", type=Path)
+    parser.add_argument("--lease-s", type=float, default=5.0,
+                        help="seconds a compute node that heartbeats may miss heartbeats before "
+                        "its jobs go back to ready (0: no leases; default 5)")
     return parser
 
 
@@ -225,7 +239,8 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     return ServerSettings(database=args.database, host=args.host, port=args.port,
                           log_level=args.log_level, log_file=args.log_file,
                           metrics_file=args.metrics_file, unblock_delay=args.unblock_delay,
-                          lock_error_after=args.lock_error_after, token_file=args.token_file)
+                          lock_error_after=args.lock_error_after, token_file=args.token_file,
+                          lease_s=args.lease_s)
 
 
 def main(argv: list[str] | None = None) -> int:

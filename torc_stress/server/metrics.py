@@ -115,6 +115,9 @@ class Metrics:
         self.checkpoints = 0
         self.checkpoint_frames = 0
         self.checkpoint_ms = Histogram()
+        self.lease_s = 0.0
+        self.leases_expired = 0
+        self.leases_requeued = 0
 
     def op(self, kind: str) -> OpStats:
         """Returns (creating) the stats of one op kind; call with :attr:`lock` held."""
@@ -164,6 +167,11 @@ class Metrics:
                 "hop_ms": self.unblock_hop.summary(),
             }
             lock_errors = self.lock_errors
+            leases = {
+                "lease_s": self.lease_s,
+                "expired_nodes": self.leases_expired,
+                "requeued_jobs": self.leases_requeued,
+            }
             checkpoints = {
                 "count": self.checkpoints,
                 "frames": self.checkpoint_frames,
@@ -190,6 +198,7 @@ class Metrics:
             "transactions": transactions,
             "unblock": unblock,
             "checkpoints": checkpoints,
+            "leases": leases,
             "requests": requests,
             "lock_errors": lock_errors,
         }

@@ -106,8 +106,29 @@ def check_completion(
         raise ConflictError(
             422, f"run_id {run_id} does not match workflow {wf.id}'s run_id {wf.run_id}"
         )
-    st.check_node(result["compute_node_id"])
+    node_id = result["compute_node_id"]
+    st.check_node(node_id)
+    _check_attempt(st, job_id, jm, node_id, result.get("attempt_id"))
     return Completion(job_id, jm, status, run_id, result)
+
+
+def _check_attempt(
+    st: ServerState, job_id: int, jm: JobMem, node_id: int, attempt: Any
+) -> None:
+    """Refuses (409) a completion from a compute node or attempt that no longer holds the job.
+
+    A job held by a node (claimed with its id, or started by it) is completed only by that
+    node. ``attempt_id``, when given, must be the job's current attempt: a job that went back to
+    ready because its node's lease expired is at the next attempt.
+    """
+    if jm.node_id is not None and jm.node_id != node_id:
+        raise ConflictError(
+            409, f"job {job_id} is held by compute node {jm.node_id}, not {node_id}"
+        )
+    if type(attempt) is int and attempt != jm.attempt:
+        raise ConflictError(
+            409, f"attempt {attempt} of job {job_id} is over: the job is at attempt {jm.attempt}"
+        )
 
 
 def write_completions(

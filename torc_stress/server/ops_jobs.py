@@ -125,7 +125,9 @@ def create_jobs(conn: sqlite3.Connection, st: ServerState, jobs: list[Any]) -> d
         if ups:
             model["depends_on_job_ids"] = ups
         out.append(model)
-        new_mem.append((jid, JobMem(wid, 0, depth, cancel, rr_id)))
+        jm = JobMem(wid, 0, depth, cancel, rr_id)
+        jm.attempt = attempt
+        new_mem.append((jid, jm))
     conn.executemany("INSERT INTO job_internal (job_id) VALUES (?)", [(j,) for j, _ in new_mem])
     conn.executemany(
         "INSERT INTO job_depends_on (job_id, depends_on_job_id, workflow_id) VALUES (?,?,?)", edges
@@ -139,14 +141,20 @@ def create_jobs(conn: sqlite3.Connection, st: ServerState, jobs: list[Any]) -> d
 
 # -- claims ------------------------------------------------------------------------------------
 def _mark_claimed(
-    conn: sqlite3.Connection, st: ServerState, ids: list[int]
+    conn: sqlite3.Connection, st: ServerState, ids: list[int], node_id: int | None
 ) -> list[dict[str, Any]]:
     if not ids:
         return []
     now = time.time()
-    conn.executemany(
-        "UPDATE job SET status = 3, claim_time = ? WHERE id = ?", [(now, j) for j in ids]
-    )
+    if node_id is None:
+        conn.executemany(
+            "UPDATE job SET status = 3, claim_time = ? WHERE id = ?", [(now, j) for j in ids]
+        )
+    else:
+        conn.executemany(
+            "UPDATE job SET status = 3, claim_time = ?, active_compute_node_id = ? WHERE id = ?",
+            [(now, node_id, j) for j in ids],
+        )
     rows = conn.execute(
         f"SELECT {JOB_COLUMNS} FROM job WHERE id IN ({','.join('?' * len(ids))}) ORDER BY id", ids
     ).fetchall()
@@ -190,13 +198,31 @@ def _pop_ready(st: ServerState, wf: WorkflowMem, accept: Any, limit: int) -> lis
 @references_checked
 @checks_first
 def claim_next_jobs(
-    conn: sqlite3.Connection, st: ServerState, workflow_id: int, limit: int
+    conn: sqlite3.Connection,
+    st: ServerState,
+    workflow_id: int,
+    limit: int,
+    node_id: int | None = None,
 ) -> dict[str, Any]:
-    """POST /workflows/{id}/claim_next_jobs: up to ``limit`` ready jobs, ascending id."""
+    """POST /workflows/{id}/claim_next_jobs: up to ``limit`` ready jobs, ascending id.
+
+    With ``node_id`` (the ``compute_node_id`` query parameter, an extension of torc's API)
+    the claim is owned: only that compute node may start or complete the jobs, and they go
+    back to ready if its lease expires.
+    """
     wf = st.workflow(workflow_id)
+    if node_id is not None:
+        _check_claimant(st, wf, node_id)
     if wf.is_canceled or limit <= 0:
         return {"jobs": []}
-    return _claim(conn, st, wf, lambda j, jm: True, limit)
+    return _claim(conn, st, wf, lambda j, jm: True, limit, node_id)
+
+
+def _check_claimant(st: ServerState, wf: WorkflowMem, node_id: int) -> None:
+    st.check_node(node_id)
+    if st.nodes[node_id] != wf.id:
+        raise _bad(f"compute node {node_id} belongs to workflow {st.nodes[node_id]}, "
+                   f"not {wf.id}")
 
 
 def claim_jobs_based_on_resources(
@@ -250,7 +276,12 @@ def claim_jobs_based_on_resources(
 
 
 def _claim(
-    conn: sqlite3.Connection, st: ServerState, wf: WorkflowMem, accept: Any, limit: int
+    conn: sqlite3.Connection,
+    st: ServerState,
+    wf: WorkflowMem,
+    accept: Any,
+    limit: int,
+    node_id: int | None = None,
 ) -> dict[str, Any]:
     """Takes up to ``limit`` accepted ready jobs and marks them pending (claimed).
 
@@ -258,34 +289,45 @@ def _claim(
     """
     taken = _pop_ready(st, wf, accept, limit)
     try:
-        models = _mark_claimed(conn, st, taken)
+        models = _mark_claimed(conn, st, taken, node_id)
     except BaseException:
         for j in taken:
             heapq.heappush(wf.ready, j)
         raise
+    jobs = st.jobs
     for j in taken:
-        st._set_status(j, st.jobs[j], 3)
+        jm = jobs[j]
+        st._set_status(j, jm, 3)
+        jm.node_id = node_id
         st.released.discard(j)
     return {"jobs": models}
 
 
 def release_unstarted_claims(conn: sqlite3.Connection, st: ServerState) -> dict[str, Any]:
-    """Start-up op: claimed jobs that never started go back to ready.
+    """Start-up op: claimed jobs that never started and have no leased owner go back to ready.
 
     A claim the server committed but never answered (it was killed in between) would leave
-    its jobs pending forever: no worker knows it holds them. So claims do not survive a
-    restart. A worker that did get the answer may still start such a job while it is ready
-    again (see :func:`_startable`); if another worker claimed it first, that start is refused.
+    its jobs pending forever when no worker knows it holds them and no lease expires for
+    them. So such claims do not survive a restart. A worker that did get the answer may still
+    start such a job while it is ready again (see :func:`_startable`); if another worker
+    claimed it first, that start is refused.
+
+    Claims owned by a leased compute node survive: its worker finds the ones it never heard
+    of by listing its pending jobs, and if it is gone its lease expires and requeues them.
     """
-    pending = [j for j, jm in st.jobs.items() if jm.status == 3]
+    leases = st.leases
+    pending = [j for j, jm in st.jobs.items() if jm.status == 3 and jm.node_id not in leases]
     if not pending:
         return {"released": 0}
     conn.executemany(
-        "UPDATE job SET status = 2, claim_time = NULL WHERE id = ?", [(j,) for j in pending]
+        "UPDATE job SET status = 2, claim_time = NULL, active_compute_node_id = NULL "
+        "WHERE id = ?",
+        [(j,) for j in pending],
     )
     for jid in pending:
         jm = st.jobs[jid]
         st._set_status(jid, jm, 2)
+        jm.node_id = None
         heapq.heappush(st.workflows[jm.workflow_id].ready, jid)
     st.released.update(pending)
     return {"released": len(pending)}
@@ -294,6 +336,14 @@ def release_unstarted_claims(conn: sqlite3.Connection, st: ServerState) -> dict[
 def _startable(st: ServerState, job_id: int, jm: JobMem) -> bool:
     """Claimed (pending), or released at the last restart and not claimed since."""
     return jm.status == 3 or (jm.status == 2 and job_id in st.released)
+
+
+def _check_owner(job_id: int, jm: JobMem, node_id: int) -> None:
+    """Raises 409 when the job was claimed by another compute node (owned claims)."""
+    if jm.node_id is not None and jm.node_id != node_id and jm.status == 3:
+        raise ConflictError(
+            409, f"job {job_id} is claimed by compute node {jm.node_id}, not {node_id}"
+        )
 
 
 # -- run ---------------------------------------------------------------------------------------
@@ -318,6 +368,7 @@ def start_job(
             f"job {job_id} is {JobStatus(jm.status).wire}, not pending; "
             "only a claimed job can start",
         )
+    _check_owner(job_id, jm, node_id)
     st.released.discard(job_id)
     now = time.time()
     conn.execute(
@@ -389,6 +440,9 @@ def batch_start_jobs(
             wire = JobStatus(jm.status).wire
             errors.append({"job_id": jid, "message": f"job {jid} is {wire}, not pending; "
                            "only a claimed job can start"})
+        elif jm.node_id is not None and jm.node_id != node_id and jm.status == 3:
+            errors.append({"job_id": jid, "message": f"job {jid} is claimed by compute node "
+                           f"{jm.node_id}, not {node_id}"})
         else:
             fresh.append(jid)
             seen.add(jid)

@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 
 from torc_stress.errors import NotFoundError
+from torc_stress.server.leases import release_node
 from torc_stress.server.ops_common import (
     _bad,
     _get,
@@ -185,7 +186,10 @@ def update_compute_node(
             f"UPDATE compute_node SET {', '.join(f'{k} = ?' for k in changes)} WHERE id = ?",
             (*changes.values(), node_id),
         )
-    del current
+    if current.get("is_active") and changes.get("is_active") == 0 and node_id in st.nodes \
+            and node_id not in st.expired:
+        # a worker leaving hands back what it still holds (claims it never ran)
+        release_node(conn, st, node_id, reason="deactivated")
     return get_compute_node(conn, node_id)
 
 

@@ -188,6 +188,8 @@ def delete_workflow(conn: sqlite3.Connection, st: ServerState, workflow_id: int)
         st.rr.pop(rr_id)
     for node_id in [n for n, w in st.nodes.items() if w == workflow_id]:
         del st.nodes[node_id]
+        st.leases.pop(node_id, None)
+        st.expired.discard(node_id)
     del st.workflows[workflow_id]
     st._dirty.discard(workflow_id)
     st._deleted.add(workflow_id)

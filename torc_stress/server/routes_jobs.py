@@ -102,6 +102,7 @@ class JobRoutes(ApiBase):
         status_raw = request.query_params.get("status")
         status = status_param(status_raw, "status") if status_raw else None
         upstream = query_int(request, "upstream_job_id")
+        node = query_int(request, "active_compute_node_id")
         offset, limit = page_params(request)
         include = query_bool(request, "include_relationships", False)
         if wid is not None:
@@ -112,6 +113,7 @@ class JobRoutes(ApiBase):
                 ("workflow_id = ?", wid),
                 ("status = ?", status),
                 ("id IN (SELECT job_id FROM job_depends_on WHERE depends_on_job_id = ?)", upstream),
+                ("active_compute_node_id = ?", node),
             )
             total = conn.execute(f"SELECT COUNT(*) FROM job {clause}", args).fetchone()[0]
             rows = conn.execute(

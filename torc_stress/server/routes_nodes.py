@@ -8,7 +8,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from torc_stress.server import ops
+from torc_stress.server import leases, ops
 from torc_stress.server.api_base import ApiBase
 from torc_stress.server.http_io import (
     JsonResponse,
@@ -43,6 +43,14 @@ class NodeRoutes(ApiBase):
         return JsonResponse(
             await self.write("update_compute_node", ops.update_compute_node, nid, body)
         )
+
+    async def heartbeat(self, request: Request) -> Response:
+        """Extension: renews a compute node's lease (the first heartbeat leases the node)."""
+        nid = path_int(request, "id")
+        answer = leases.heartbeat_answer(self.state, nid)
+        if answer is None:
+            answer = await self.write("lease_node", leases.lease_node, nid)
+        return JsonResponse(answer)
 
     async def list_results(self, request: Request) -> Response:
         wid = query_int(request, "workflow_id")

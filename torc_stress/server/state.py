@@ -64,6 +64,7 @@ class JobMem:
         "node_id",
         "failed",
         "model",
+        "attempt",
     )
 
     def __init__(
@@ -74,8 +75,12 @@ class JobMem:
         self.depth = depth
         self.cancel_flag = cancel_flag
         self.rr_id = rr_id
+        #: the compute node that claimed (pending) or runs (running) the job; None when the
+        #: claim named no node (torc's own client) or the job is not held by anyone
         self.node_id: int | None = None
         self.failed = False
+        #: the attempt a start or completion must belong to (``job.attempt_id``)
+        self.attempt = 1
         #: the job's model as selected at its last claim (builds start/complete replies);
         #: dropped at completion, so only claimed, unfinished jobs hold one
         self.model: dict[str, Any] | None = None
@@ -132,9 +137,18 @@ class WorkflowMem:
 class ServerState:
     """The writer's in-memory state plus the ops; readers see only :attr:`snapshots`."""
 
-    def __init__(self, metrics: Metrics, unblock_delay: float = 0.0) -> None:
+    def __init__(
+        self, metrics: Metrics, unblock_delay: float = 0.0, lease_s: float = 0.0
+    ) -> None:
         self.metrics = metrics
         self.unblock_delay = unblock_delay
+        #: seconds a leased compute node may go without a heartbeat (0: leases are off)
+        self.lease_s = lease_s
+        metrics.lease_s = lease_s
+        #: leased compute node id -> time.monotonic() deadline of its lease
+        self.leases: dict[int, float] = {}
+        #: leased compute nodes that expired or deactivated themselves: refused from then on
+        self.expired: set[int] = set()
         self.workflows: dict[int, WorkflowMem] = {}
         self.jobs: dict[int, JobMem] = {}
         self.rr: dict[int, tuple[int, int, int, int, int, int]] = {}
@@ -275,10 +289,15 @@ class ServerState:
         return jm
 
     def check_node(self, node_id: int) -> None:
-        """Raises 422 unless compute node ``node_id`` exists (what its foreign key would say)."""
+        """Raises 422 unless compute node ``node_id`` exists (what its foreign key would say),
+        409 if its lease expired."""
         if node_id not in self.nodes:
             raise ConflictError(422, f"compute node {node_id} does not exist; register the "
                                 "worker with POST /compute_nodes first")
+        if node_id in self.expired:
+            raise ConflictError(409, f"compute node {node_id} is no longer active (its lease "
+                                "expired or it was deactivated) and its jobs went back to "
+                                "ready: register a new compute node")
 
     # -- loading ----------------------------------------------------------------------------
     def load(self, conn: sqlite3.Connection) -> None:
@@ -291,7 +310,18 @@ class ServerState:
         self.pending_unblock = []
         self.premarked = set()
         self.last_result_id = conn.execute("SELECT coalesce(max(id), 0) FROM result").fetchone()[0]
-        self.nodes = dict(conn.execute("SELECT id, workflow_id FROM compute_node"))
+        self.nodes = {}
+        self.leases = {}
+        self.expired = set()
+        fresh = time.monotonic() + self.lease_s  # a restart gives every live node a full lease
+        for nid, wid, leased, active in conn.execute(
+            "SELECT id, workflow_id, lease_s IS NOT NULL, is_active FROM compute_node"
+        ):
+            self.nodes[nid] = wid
+            if leased and active:
+                self.leases[nid] = fresh
+            elif leased:
+                self.expired.add(nid)
         for wid, run_id, canceled in conn.execute(
             "SELECT w.id, s.run_id, s.is_canceled FROM workflow w "
             "JOIN workflow_status s ON s.id = w.status_id"
@@ -304,15 +334,17 @@ class ServerState:
             if wf is not None and row[2] == "default" and wf.default_rr is None:
                 wf.default_rr = row[0]
         processed: dict[int, int] = {}
-        for jid, wid, status, depth, cancel, rr_id, unb, node, rc in conn.execute(
+        for jid, wid, status, depth, cancel, rr_id, unb, node, attempt, rc in conn.execute(
             "SELECT j.id, j.workflow_id, j.status, j.depth, j.cancel_on_blocking_job_failure, "
             "j.resource_requirements_id, j.unblocking_processed, j.active_compute_node_id, "
+            "j.attempt_id, "
             "(SELECT r.return_code FROM workflow_result wr JOIN result r ON r.id = wr.result_id "
             " WHERE wr.job_id = j.id) FROM job j "
             "ORDER BY j.id"
         ):
             jm = JobMem(wid, status, depth, bool(cancel), rr_id)
             jm.node_id = node
+            jm.attempt = attempt or 1
             jm.failed = status in _FAILURE_INTS and rc != 0
             self._add_job(jid, jm)
             processed[jid] = unb

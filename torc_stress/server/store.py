@@ -63,7 +63,8 @@ CREATE TABLE IF NOT EXISTS compute_node (
     time_limit TEXT,
     scheduler_config_id INTEGER,
     compute_node_type TEXT NOT NULL,
-    scheduler TEXT
+    scheduler TEXT,
+    lease_s REAL
 );
 CREATE TABLE IF NOT EXISTS job (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -192,6 +193,14 @@ def create_schema(conn: sqlite3.Connection) -> None:
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
+    """Brings files made by older torc-stress versions up to date."""
+    _migrate_active_node(conn)
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(compute_node)")}
+    if "lease_s" not in columns:  # torc-stress 0.1 and 0.2 files: no node was ever leased
+        conn.execute("ALTER TABLE compute_node ADD COLUMN lease_s REAL")
+
+
+def _migrate_active_node(conn: sqlite3.Connection) -> None:
     """Moves ``job_internal.active_compute_node_id`` into ``job`` (files of torc-stress 0.1)."""
     columns = {row[1] for row in conn.execute("PRAGMA table_info(job)")}
     if "active_compute_node_id" in columns:
