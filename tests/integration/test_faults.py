@@ -264,3 +264,67 @@ def test_a_node_that_never_heartbeats_is_never_expired(
         time.sleep(1.0)
         assert client.get_job(job["id"])["status"] == "running"
         assert client.metrics()["leases"]["expired_nodes"] == 0
+
+
+def _stage_and_barrier(tmp_path: Path) -> Path:
+    spec = tmp_path / "stage.json"
+    spec.write_bytes(orjson.dumps({"name": "stage", "jobs": [
+        *({"name": f"s_{i}", "command": "true"} for i in range(3)),
+        {"name": "barrier", "command": "true", "depends_on": ["s_0", "s_1", "s_2"]}]}))
+    return spec
+
+
+def _run_one(client: TorcClient, workflow_id: int, run_id: int, node: int) -> int:
+    (job,) = client.claim_next_jobs(workflow_id, 1, compute_node_id=node)
+    client.start_job(job["id"], run_id, node)
+    client.complete_job(job["id"], "completed", run_id, {
+        "job_id": job["id"], "workflow_id": workflow_id, "run_id": run_id,
+        "compute_node_id": node, "attempt_id": job["attempt_id"], "return_code": 0,
+        "exec_time_minutes": 0.0, "completion_time": "2026-12-03T00:00:00.000Z",
+        "status": "completed"})
+    return int(job["id"])
+
+
+def test_a_second_initialize_of_only_uninitialized_jobs_changes_nothing(
+        server_factory: Any, tmp_path: Path) -> None:
+    srv = server_factory()
+    workflow_id = create(srv.url, _stage_and_barrier(tmp_path))
+    with TorcClient(srv.url) as client:
+        client.initialize_jobs(workflow_id, only_uninitialized=True)
+        run_id = int(client.get_workflow_status(workflow_id)["run_id"])
+        node = client.create_compute_node(workflow_id, "w", 1, num_cpus=1)["id"]
+        _run_one(client, workflow_id, run_id, node)
+        _run_one(client, workflow_id, run_id, node)
+        before = {j["id"]: j["status"] for j in client.list_jobs(workflow_id)}
+        client.initialize_jobs(workflow_id, only_uninitialized=True)
+        assert {j["id"]: j["status"] for j in client.list_jobs(workflow_id)} == before
+        _run_one(client, workflow_id, run_id, node)
+        barrier = _run_one(client, workflow_id, run_id, node)  # ready once the third is done
+        assert client.is_complete(workflow_id)["is_complete"]
+    assert barrier == max(before)
+
+
+def test_a_restart_makes_a_blocked_job_whose_dependencies_are_done_ready(
+        tmp_path: Path) -> None:
+    server = OwnServer(db=tmp_path / "server.db", log=tmp_path / "server.log")
+    server.start()
+    try:
+        workflow_id = create(server.url, _stage_and_barrier(tmp_path))
+        with TorcClient(server.url) as client:
+            client.initialize_jobs(workflow_id)
+            run_id = int(client.get_workflow_status(workflow_id)["run_id"])
+            node = client.create_compute_node(workflow_id, "w", 1, num_cpus=1)["id"]
+            for _ in range(3):
+                _run_one(client, workflow_id, run_id, node)
+        server.kill()
+        conn = sqlite3.connect(server.db)  # what the initialize bug used to leave behind
+        with conn:
+            conn.execute("UPDATE job SET status = 1 WHERE name = 'barrier'")
+        conn.close()
+        server.start()
+        with TorcClient(server.url) as client:
+            barrier = [j for j in client.list_jobs(workflow_id) if j["name"] == "barrier"]
+        assert barrier[0]["status"] == "ready"
+        assert "blocked jobs with every dependency done are ready again" in server.log.read_text()
+    finally:
+        server.kill()

@@ -135,6 +135,10 @@ def serve(settings: ServerSettings) -> int:
         logger.info("redoing unblocking lost at the last stop",
                     extra=kv(completions=len(state.pending_unblock)))
         writer.call("unblock", unblock_op, state)
+    orphans = writer.call("ready_orphans", ops.ready_unblocked_orphans, state)["ready"]
+    if orphans:
+        logger.warning("blocked jobs with every dependency done are ready again",
+                       extra=kv(jobs=orphans))
     released = writer.call("release_claims", ops.release_unstarted_claims, state)["released"]
     if released:
         logger.info("claimed jobs that never started are ready again", extra=kv(jobs=released))

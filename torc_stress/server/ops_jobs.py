@@ -333,6 +333,28 @@ def release_unstarted_claims(conn: sqlite3.Connection, st: ServerState) -> dict[
     return {"released": len(pending)}
 
 
+def ready_unblocked_orphans(conn: sqlite3.Connection, st: ServerState) -> dict[str, Any]:
+    """Start-up op: blocked jobs with nothing left to wait for become ready.
+
+    Runs after unblocking lost at the last stop was redone: a job still blocked then with no
+    unfinished upstream job would wait forever (an earlier bug could leave such jobs behind).
+    """
+    tracker = st.tracker
+    orphans = [j for j, jm in st.jobs.items()
+               if jm.status == 1 and tracker.remaining.get(j, 0) <= 0]
+    if not orphans:
+        return {"ready": 0}
+    now = time.time()
+    conn.executemany(
+        "UPDATE job SET status = 2, ready_time = ? WHERE id = ?", [(now, j) for j in orphans]
+    )
+    for jid in orphans:
+        jm = st.jobs[jid]
+        st._set_status(jid, jm, 2)
+        heapq.heappush(st.workflows[jm.workflow_id].ready, jid)
+    return {"ready": len(orphans)}
+
+
 def _startable(st: ServerState, job_id: int, jm: JobMem) -> bool:
     """Claimed (pending), or released at the last restart and not claimed since."""
     return jm.status == 3 or (jm.status == 2 and job_id in st.released)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import sqlite3
 import time
 from typing import Any
@@ -199,13 +200,20 @@ def delete_workflow(conn: sqlite3.Connection, st: ServerState, workflow_id: int)
 def initialize_jobs(
     conn: sqlite3.Connection, st: ServerState, workflow_id: int, only_uninitialized: bool
 ) -> dict[str, Any]:
-    """POST /workflows/{id}/initialize_jobs: blocked or ready, and fresh dependency counters."""
+    """POST /workflows/{id}/initialize_jobs: blocked or ready, and fresh dependency counters.
+
+    With ``only_uninitialized`` only uninitialized jobs change, and the others' counters and
+    pending unblocking are left alone: a second call (two workers starting at once, or a
+    retry after a lost answer) changes nothing.
+    """
     wf = st.workflow(workflow_id)
     jobs = st.jobs
     if only_uninitialized:
         candidates = {j for j in wf.job_ids if jobs[j].status == 0}
-    else:
-        candidates = {j for j in wf.job_ids if jobs[j].status not in (5, 6, 7, 9)}
+        if not candidates:
+            return {"message": "Initialized job status"}
+        return _initialize_some(conn, st, wf, candidates)
+    candidates = {j for j in wf.job_ids if jobs[j].status not in (5, 6, 7, 9)}
     ups: dict[int, list[int]] = {}
     for job_id, up in conn.execute(
         "SELECT job_id, depends_on_job_id FROM job_depends_on WHERE workflow_id = ?", (workflow_id,)
@@ -261,6 +269,51 @@ def initialize_jobs(
     st.pending_unblock = [p for p in st.pending_unblock if p[0] not in wf.job_ids]
     wf.ready = sorted(j for j in wf.job_ids if jobs[j].status == 2)
     st._dirty.add(workflow_id)
+    return {"message": "Initialized job status"}
+
+
+def _initialize_some(
+    conn: sqlite3.Connection, st: ServerState, wf: WorkflowMem, candidates: set[int]
+) -> dict[str, Any]:
+    """Initializes ``candidates`` only; every other job keeps its status and counters.
+
+    An upstream job whose completion is still waiting for its unblock pass counts as
+    unfinished: that pass will count it down.
+    """
+    jobs = st.jobs
+    waiting = {p[0] for p in st.pending_unblock}
+    ups: dict[int, list[int]] = {}
+    for job_id, up in conn.execute(
+        "SELECT job_id, depends_on_job_id FROM job_depends_on WHERE workflow_id = ?", (wf.id,)
+    ):
+        if job_id in candidates:
+            ups.setdefault(job_id, []).append(up)
+
+    def unfinished(up: int) -> bool:
+        return up in candidates or up in waiting or jobs[up].status not in _DONE_INTS
+
+    blocked: dict[int, tuple[int, bool]] = {}
+    ready: list[int] = []
+    for j in sorted(candidates):
+        count = sum(1 for up in ups.get(j, ()) if unfinished(up))
+        if count:
+            failed = any(jobs[up].failed for up in ups.get(j, ()) if not unfinished(up))
+            blocked[j] = (count, failed)
+        else:
+            ready.append(j)
+    now = time.time()
+    conn.executemany("UPDATE job SET status = 1 WHERE id = ?", [(j,) for j in blocked])
+    conn.executemany(
+        "UPDATE job SET status = 2, ready_time = ? WHERE id = ?", [(now, j) for j in ready]
+    )
+    tracker = st.tracker
+    for j, (count, failed) in blocked.items():
+        st._set_status(j, jobs[j], 1)
+        tracker.failed_upstream.discard(j)
+        tracker.set_blocked(j, count, failed)
+    for j in ready:
+        st._set_status(j, jobs[j], 2)
+        heapq.heappush(wf.ready, j)
     return {"message": "Initialized job status"}
 
 
