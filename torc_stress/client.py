@@ -18,6 +18,7 @@ with a small JSON body and answer), client CPU per request was ~0.11 ms for pycu
 
 from __future__ import annotations
 
+import errno
 import io
 import threading
 import time
@@ -183,7 +184,9 @@ class TorcClient:
         try:
             status, data = self._pool.roundtrip(method, target, payload)
         except pycurl.error as exc:
-            raise ServerUnavailable(self.url, _reason(exc)) from None
+            refused = bool(exc.args) and exc.args[0] == pycurl.E_COULDNT_CONNECT \
+                and self._pool.os_errno() == errno.ECONNREFUSED
+            raise ServerUnavailable(self.url, _reason(exc), refused=refused) from None
         if self.recorder is not None:
             self.recorder.record(op or f"{method} {path}", (time.perf_counter() - started) * 1e3)
         if status >= 400:
@@ -215,6 +218,12 @@ class TorcClient:
         if description is not None:
             body["description"] = description
         return self.request("POST", "/workflows", body=body, op="create_workflow")
+
+    def create_workflow_whole(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Creates a workflow with its requirements and jobs in one transaction (an extension
+        of torc's API); returns ``{"workflow": {...}, "jobs": N}``."""
+        return self.request("POST", "/workflows/create_whole", body=dict(body),
+                            op="create_workflow_whole")
 
     def get_workflow(self, workflow_id: int) -> dict[str, Any]:
         """Returns one workflow."""
@@ -454,6 +463,11 @@ class _CurlPool:
             if method != "GET" or payload is not None:
                 curl.unsetopt(pycurl.CUSTOMREQUEST)
         return int(curl.getinfo(pycurl.RESPONSE_CODE)), buf.getvalue()
+
+    def os_errno(self) -> int:
+        """The errno of this thread's last failed connect (0 if none)."""
+        handle = getattr(self._local, "handle", None)
+        return int(handle[0].getinfo(pycurl.OS_ERRNO)) if handle is not None else 0
 
     def _handle(self) -> tuple[pycurl.Curl, io.BytesIO]:
         handle: tuple[pycurl.Curl, io.BytesIO] | None = getattr(self._local, "handle", None)

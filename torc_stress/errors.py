@@ -132,8 +132,10 @@ class ConflictError(ApiError):
 class ServerUnavailable(StressError):
     """The server could not be reached (connection refused, reset or timed out)."""
 
-    def __init__(self, url: str, reason: str) -> None:
+    def __init__(self, url: str, reason: str, *, refused: bool = False) -> None:
         self.url = url
+        #: nothing listened at the address (ECONNREFUSED): no server was running there then
+        self.refused = refused
         super().__init__(
             f"cannot reach the torc server at {url}: {reason}. "
             "Is it running? Start it with 'torc-stress server run' or pass --url."

@@ -1,10 +1,13 @@
-"""Turns a `WorkflowPlan` into a workflow on a server, the way torc's client does.
+"""Turns a `WorkflowPlan` into a workflow on a server.
 
-One ``POST /workflows``, one ``POST /resource_requirements`` per named requirement, then the jobs
-level by level with ``POST /bulk_jobs`` (batches of 1000) carrying ``depends_on_job_ids`` of
-earlier levels, then ``initialize_jobs``. Any failure deletes the half-made workflow before the
-error propagates: nothing half-created is left behind. The plan is already validated (the spec
-layer raises :class:`~torc_stress.errors.SpecError` before any request is sent).
+Against torc-stress's server, one ``POST /workflows/create_whole`` creates the workflow, its
+resource requirements and jobs and initializes it in one transaction: whole or not at all,
+even when the server's disk is full or it dies half-way. Against a server without it (404 or
+405), the way torc's client does: one ``POST /workflows``, one ``POST /resource_requirements``
+per named requirement, then the jobs level by level with ``POST /bulk_jobs`` carrying
+``depends_on_job_ids`` of earlier levels, then ``initialize_jobs``; a failure then deletes the
+half-made workflow before the error propagates. The plan is already validated (the spec layer
+raises :class:`~torc_stress.errors.SpecError` before any request is sent).
 """
 
 from __future__ import annotations
@@ -13,14 +16,14 @@ import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from torc_stress.errors import StressError
+from torc_stress.errors import ApiError, ConflictError, StressError
 from torc_stress.logs import kv
 
 if TYPE_CHECKING:
     from torc_stress.client import TorcClient
     from torc_stress.spec import PlannedJob, WorkflowPlan
 
-__all__ = ["job_body", "submit_plan"]
+__all__ = ["job_body", "submit_plan", "whole_body"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +42,17 @@ def submit_plan(client: TorcClient, plan: WorkflowPlan, *, user: str) -> int:
     Raises:
         StressError: any API or transport error; the workflow was deleted again.
     """
+    try:
+        created = client.create_workflow_whole(whole_body(plan, user=user))
+    except ApiError as exc:
+        if exc.status not in (404, 405) or isinstance(exc, ConflictError):
+            raise
+        log.info("the server cannot create a whole workflow at once; creating it step by step",
+                 extra=kv(error=str(exc)))
+    else:
+        workflow_id = int(created["workflow"]["id"])
+        log.info("workflow created", extra=kv(workflow_id=workflow_id, jobs=created["jobs"]))
+        return workflow_id
     workflow = client.create_workflow(plan.name, user, plan.description or None)
     workflow_id = int(workflow["id"])
     try:
@@ -71,8 +85,41 @@ def _create_contents(client: TorcClient, plan: WorkflowPlan, workflow_id: int) -
     client.initialize_jobs(workflow_id)
 
 
-def job_body(job: PlannedJob, workflow_id: int, requirement_ids: Mapping[str, int],
-             job_ids: Mapping[str, int]) -> dict[str, Any]:
+def whole_body(plan: WorkflowPlan, *, user: str) -> dict[str, Any]:
+    """The ``POST /workflows/create_whole`` body of a plan (names in place of ids)."""
+    workflow: dict[str, Any] = {"name": plan.name, "user": user}
+    if plan.description:
+        workflow["description"] = plan.description
+    jobs_by_name = {job.name: job for job in plan.jobs}
+    rr_names = [rr.name for rr in plan.resource_requirements] + ["default"]
+    levels = []
+    for level in plan.levels:
+        bodies = []
+        for name in level:
+            job = jobs_by_name[name]
+            # names for ids: the server resolves them inside its one transaction
+            body = job_body(job, 0, {rr: rr for rr in rr_names}, {up: up for up in job.depends_on})
+            del body["workflow_id"]
+            if job.depends_on:
+                body["depends_on"] = body.pop("depends_on_job_ids")
+            if job.resource_requirements:
+                body["resource_requirements"] = body.pop("resource_requirements_id")
+            bodies.append(body)
+        levels.append(bodies)
+    return {
+        "workflow": workflow,
+        "resource_requirements": [
+            {"name": rr.name, "num_cpus": rr.num_cpus, "num_gpus": rr.num_gpus,
+             "num_nodes": rr.num_nodes, "memory": rr.memory, "runtime": rr.runtime}
+            for rr in plan.resource_requirements
+        ],
+        "levels": levels,
+        "initialize": True,
+    }
+
+
+def job_body(job: PlannedJob, workflow_id: int, requirement_ids: Mapping[str, Any],
+             job_ids: Mapping[str, Any]) -> dict[str, Any]:
     """Builds the ``job_model`` body of one planned job.
 
     Args:

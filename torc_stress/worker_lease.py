@@ -6,6 +6,11 @@ than it was sent, so the server's deadline is at least ``sent + lease_s``. The w
 itself (kills its jobs and gives up the node) once ``FENCE_FRACTION * lease_s`` has passed since
 the last answered heartbeat was sent: before any other worker can get those jobs, so no job
 runs twice at the same time, whether the server or the link is what failed.
+
+A heartbeat refused with ECONNREFUSED counts as answered: nothing listens at the server's
+address, so no server is counting the lease down, and the next server to start gives every
+node a full lease from its start-up. A server restart therefore fences nobody, however long
+it takes; a hung server or a cut link (time-outs) does.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from collections.abc import Callable
 from enum import StrEnum
 
 from torc_stress.client import TorcClient
-from torc_stress.errors import ApiError, ConflictError, StressError
+from torc_stress.errors import ApiError, ConflictError, ServerUnavailable, StressError
 from torc_stress.logs import kv
 
 __all__ = ["FENCE_FRACTION", "Lease", "LeaseLost", "fence_due"]
@@ -126,6 +131,14 @@ class Lease:
                         compute_node_id=node_id, error=str(exc)))
                     self._on_lost(node_id, LeaseLost.EXPIRED)
                     return
+                except ServerUnavailable as exc:
+                    if exc.refused:
+                        # no server listens: none can expire the lease before a new one
+                        # starts, and that one gives every node a full lease from its start
+                        acked_send = sent
+                    log.debug("heartbeat failed", extra=kv(compute_node_id=node_id,
+                                                           error=str(exc)))
+                    continue
                 except StressError as exc:
                     log.debug("heartbeat failed", extra=kv(compute_node_id=node_id,
                                                            error=str(exc)))

@@ -87,11 +87,11 @@ def wait_for_completed(url: str, workflow_id: int, count: int, timeout: float = 
     with TorcClient(url) as client:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if client.get_workflow_status(workflow_id).get("completed", 0) >= count or len(
-                    client.list_jobs(workflow_id, status="completed")) >= count:
+            counts = client.progress(workflow_id)["counts"]
+            if counts.get("completed", 0) >= count:
                 return
             time.sleep(0.05)
-    raise AssertionError(f"fewer than {count} jobs completed in {timeout} s")
+    raise AssertionError(f"fewer than {count} jobs completed in {timeout} s: {counts}")
 
 
 @pytest.fixture

@@ -34,6 +34,8 @@ def fake_torc(state: Stub, *, fail_bulk: bool = False) -> None:
 
     def route(method: str, path: str, query: Any, body: Any) -> tuple[int, Any]:
         tail = path.removeprefix("/torc-service/v1")
+        if tail == "/workflows/create_whole":  # torc's server has no such route
+            return 404, {"error": "Not Found"}
         if tail == "/bulk_jobs":
             if fail_bulk:
                 return 500, {"error": "disk full"}
@@ -83,11 +85,11 @@ def test_create_in_json_prints_one_document_with_id_name_and_jobs(
     doc = orjson.loads(capsys.readouterr().out)
     assert doc == {"id": 100, "name": "tiny", "jobs": 2}
     paths = [r[1].removeprefix("/torc-service/v1") for r in state.requests]
-    assert paths == ["/workflows", "/resource_requirements", "/bulk_jobs", "/bulk_jobs",
-                     "/workflows/100/initialize_jobs"]
-    job_b = state.requests[3][3]["jobs"][0]
+    assert paths == ["/workflows/create_whole", "/workflows", "/resource_requirements",
+                     "/bulk_jobs", "/bulk_jobs", "/workflows/100/initialize_jobs"]
+    job_b = state.requests[4][3]["jobs"][0]
     assert job_b["depends_on_job_ids"] == [102]  # job a, created first
-    assert state.requests[2][3]["jobs"][0]["resource_requirements_id"] == 101
+    assert state.requests[3][3]["jobs"][0]["resource_requirements_id"] == 101
 
 
 def test_a_failed_creation_deletes_the_half_made_workflow(

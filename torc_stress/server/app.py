@@ -36,6 +36,8 @@ class Api(SystemRoutes, WorkflowRoutes, JobRoutes, NodeRoutes):
         add("GET", "/metrics", self.get_metrics, "metrics document (torc-stress extension)")
         add("GET", "/openapi.json", self.openapi, "this server's OpenAPI document")
         add("POST", "/workflows", self.create_workflow, "create a workflow")
+        add("POST", "/workflows/create_whole", self.create_workflow_whole,
+            "create a workflow with its requirements and jobs in one transaction (extension)")
         add("GET", "/workflows", self.list_workflows, "list workflows")
         add("GET", "/workflows/{id}", self.get_workflow, "get a workflow")
         add("DELETE", "/workflows/{id}", self.delete_workflow, "delete a workflow")

@@ -145,7 +145,11 @@ class LeaseWatcher:
         self._thread = threading.Thread(target=self._loop, name="lease-watcher", daemon=True)
 
     def start(self) -> None:
-        """Starts watching."""
+        """Gives every leased node a full lease from now, then starts watching (call before
+        the server answers)."""
+        fresh = time.monotonic() + self._state.lease_s
+        for node_id in list(self._state.leases):
+            self._state.leases[node_id] = fresh
         self._thread.start()
 
     def stop(self) -> None:

@@ -145,7 +145,6 @@ def serve(settings: ServerSettings) -> int:
     watcher = None
     if settings.lease_s > 0:
         watcher = LeaseWatcher(state, lambda: writer.call("expire_leases", expire_due, state))
-        watcher.start()
     unblocker = None
     if settings.unblock_delay > 0:
         unblocker = UnblockerThread(settings.unblock_delay,
@@ -195,6 +194,8 @@ def serve(settings: ServerSettings) -> int:
     # handlers in place that re-raise is harmless and our own shutdown below still runs.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
+    if watcher is not None:
+        watcher.start()  # every lease runs from now: loading took none of it
     try:
         server.run(sockets=[sock])
     finally:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from torc_stress.server.ops_common import _workflow_model as _workflow_model
 from torc_stress.server.ops_complete import batch_complete_jobs, complete_job, validate_result
+from torc_stress.server.ops_create import create_workflow_whole
 from torc_stress.server.ops_jobs import (
     batch_start_jobs,
     claim_jobs_based_on_resources,
@@ -48,6 +49,7 @@ __all__ = [
     "create_jobs",
     "create_resource_requirements",
     "create_workflow",
+    "create_workflow_whole",
     "delete_workflow",
     "get_compute_node",
     "initialize_jobs",

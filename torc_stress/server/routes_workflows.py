@@ -35,6 +35,13 @@ class WorkflowRoutes(ApiBase):
         body = await json_object(request)
         return JsonResponse(await self.write("create_workflow", ops.create_workflow, body))
 
+    async def create_workflow_whole(self, request: Request) -> Response:
+        """Extension: a whole workflow in one transaction (see ops_create)."""
+        body = await json_object(request)
+        return JsonResponse(
+            await self.write("create_workflow_whole", ops.create_workflow_whole, body)
+        )
+
     async def list_workflows(self, request: Request) -> Response:
         offset, limit = page_params(request)
 
