@@ -147,7 +147,7 @@ def _fault_lines(ax: plt.Axes, marks: list[FaultMark]) -> None:
     spans = [m for m in marks if m.until is not None]
     for mark in marks:
         if mark.until is not None:
-            ax.axvspan(mark.at, mark.until, color=_FAULT_COLOUR, alpha=0.15, linewidth=0,
+            ax.axvspan(mark.at, mark.until, color=_FAULT_COLOUR, alpha=0.15, linewidth=0, zorder=0,
                        label="partition (injected -> ended)" if mark is spans[0] else None)
         ax.axvline(mark.at, color=_FAULT_COLOUR, linestyle=":", linewidth=1.5,
                    label="fault injected" if mark is marks[0] else None)
