@@ -75,6 +75,8 @@ def test_a_killed_worker_whose_jobs_ran_again_passes_and_fills_the_faults_sectio
     t0 = min(j.ready for j in run.jobs if j.ready is not None)
     assert fault.injected_s == pytest.approx(at - t0)
     assert fault.requeued == len(victims) and len(fault.expiries) == 1
+    assert fault.jobs_seen == {j.id: 2 for j in victims}
+    assert fault.attempts == {2: len(victims)}
     next_end = min(j.end for j in run.jobs if j.end is not None and j.end > at)
     assert fault.recovery_s == pytest.approx(next_end - at)
     assert fault.recovery_from_end_s is None

@@ -9,17 +9,22 @@ most recent fault injected at or before the line's time, preferring a fault aime
 node's host; a line before every fault (a worker that died on its own) belongs to none. The job
 table says which jobs needed more than one attempt, but not when they were re-queued, so the
 per-fault count is the log's and the database gives the run-wide count to compare it with.
+Which jobs a fault re-queued is known where the execution journals show them: a job whose
+attempt A was spawned on compute node N and who has a later attempt (``job.attempt_id``) was
+re-queued by N's first lease expiry after that spawn. Jobs re-queued while only claimed (never
+spawned) are in the count, not in that list.
 """
 
 from __future__ import annotations
 
 import re
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from torc_stress.report.journals import ExecutionJournal
 from torc_stress.report.rundir import JobRow, ResultRow
 
 LEASE_TEXT = "compute node lease expired"
@@ -81,6 +86,12 @@ class FaultFigures:
     recovery_s: float | None
     recovery_from_end_s: float | None
     completed_before: int
+    jobs_seen: dict[int, int]
+
+    @property
+    def attempts(self) -> dict[int, int]:
+        """Attempts needed -> how many of the jobs the journals show this fault re-queued."""
+        return dict(sorted(Counter(self.jobs_seen.values()).items()))
 
     @property
     def requeued(self) -> int:
@@ -209,6 +220,7 @@ def summarize_faults(
     faults: Sequence[Fault], jobs: Sequence[JobRow], results: Sequence[ResultRow],
     log_lines: Sequence[str], t0: float, *, server_host: str,
     attempts_recorded: bool, metrics: Mapping[str, Any] | None,
+    journals: Sequence[ExecutionJournal] = (),
 ) -> FaultsSummary:
     """Computes the faults section.
 
@@ -221,18 +233,20 @@ def summarize_faults(
         server_host: the host the server ran on (the target of restart-server).
         attempts_recorded: whether the database has ``job.attempt_id``.
         metrics: the server metrics document, if gathered.
+        journals: the workers' execution journals (which jobs each fault re-queued).
 
     Returns:
         The summary.
     """
     expiries = scan_lease_expiries(log_lines)
     owner = [attribute(faults, e) for e in expiries]
+    seen = jobs_requeued_by(expiries, owner, journals, jobs)
     ends = sorted(j.end_time for j in jobs if j.end_time is not None)
     leases = metrics.get("leases") if metrics else None
     return FaultsSummary(
         faults=tuple(
             _figures(f, server_host, t0, ends,
-                     tuple(e for e, o in zip(expiries, owner, strict=True) if o == i))
+                     tuple(e for e, o in zip(expiries, owner, strict=True) if o == i), seen[i])
             for i, f in enumerate(faults)),
         expiries=expiries,
         unattributed=tuple(e for e, o in zip(expiries, owner, strict=True) if o is None),
@@ -243,8 +257,28 @@ def summarize_faults(
     )
 
 
+def jobs_requeued_by(
+    expiries: Sequence[LeaseExpiry], owner: Sequence[int | None],
+    journals: Sequence[ExecutionJournal], jobs: Sequence[JobRow],
+) -> defaultdict[int, dict[int, int]]:
+    """Returns fault index -> {job id: attempts it needed} for the re-queues the journals show."""
+    attempts = {j.id: j.attempt_id for j in jobs}
+    by_node: dict[int, list[tuple[float, int | None]]] = defaultdict(list)
+    for e, o in zip(expiries, owner, strict=True):
+        if e.compute_node_id is not None and e.t is not None:
+            by_node[e.compute_node_id].append((e.t, o))
+    found: defaultdict[int, dict[int, int]] = defaultdict(dict)
+    for event in (e for j in journals for e in j.events if e.kind == "spawn"):
+        if attempts.get(event.job_id, 1) <= event.attempt or event.compute_node_id is None:
+            continue
+        later = sorted((t, o) for t, o in by_node.get(event.compute_node_id, ()) if t >= event.t)
+        if later and later[0][1] is not None:
+            found[later[0][1]][event.job_id] = attempts[event.job_id]
+    return found
+
+
 def _figures(fault: Fault, server_host: str, t0: float, ends: Sequence[float],
-             expiries: tuple[LeaseExpiry, ...]) -> FaultFigures:
+             expiries: tuple[LeaseExpiry, ...], jobs_seen: dict[int, int]) -> FaultFigures:
     def rel(t: float | None) -> float | None:
         return None if t is None else t - t0
 
@@ -259,6 +293,7 @@ def _figures(fault: Fault, server_host: str, t0: float, ends: Sequence[float],
         recovery_from_end_s=from_end,
         completed_before=sum(1 for t in ends if fault.injected_at is not None
                              and t <= fault.injected_at),
+        jobs_seen=dict(sorted(jobs_seen.items())),
     )
 
 

@@ -160,8 +160,15 @@ def _fault(a: RunAnalysis, x: FaultFigures) -> dict[str, Any]:
             "injected": f.injected, "injected_at_epoch_s": f.injected_at,
             "ended_at_epoch_s": f.ended_at, "injected_s": x.injected_s, "ended_s": x.ended_s,
             "expired_nodes": len(x.expiries), "requeued": x.requeued,
-            "expiries": [_expiry(a, e) for e in x.expiries], "recovery_s": x.recovery_s,
+            "expiries": [_expiry(a, e) for e in x.expiries],
+            "requeued_jobs_seen": [{"job_id": j, "job": _job_name(a, j), "attempts": n}
+                                   for j, n in list(x.jobs_seen.items())[:_MAX_LISTED]],
+            "attempts": {str(k): v for k, v in x.attempts.items()}, "recovery_s": x.recovery_s,
             "recovery_from_end_s": x.recovery_from_end_s}
+
+
+def _job_name(a: RunAnalysis, job_id: int) -> str:
+    return next((j.name for j in a.data.jobs if j.id == job_id), "?")
 
 
 def _expiry(a: RunAnalysis, e: LeaseExpiry) -> dict[str, Any]:

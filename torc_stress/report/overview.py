@@ -102,7 +102,8 @@ def _faults_and_executions(data: RunData, t0: float) -> tuple[FaultsSummary, Exe
                                         _run_end(data.run))
     summary = faults.summarize_faults(
         asked, data.jobs, data.results, data.log_lines, t0, server_host=data.server_host,
-        attempts_recorded=data.attempts_recorded, metrics=data.server_metrics)
+        attempts_recorded=data.attempts_recorded, metrics=data.server_metrics,
+        journals=data.journals)
     return summary, executions.execution_figures(data.jobs, data.results, data.journals,
                                                  worker_end)
 

@@ -174,12 +174,12 @@ def fault_table(a: RunAnalysis) -> str:
         return "(no faults asked for)"
     rows = [[i, x.fault.spec, x.fault.kind, x.target,
              _num(x.injected_s) if x.fault.injected else "not triggered", _num(x.ended_s),
-             len(x.expiries), x.requeued, _num(x.recovery_s), _num(x.recovery_from_end_s),
-             x.fault.error or ""]
+             len(x.expiries), x.requeued, _attempts(x.attempts), _num(x.recovery_s),
+             _num(x.recovery_from_end_s), x.fault.error or ""]
             for i, x in enumerate(f.faults, start=1)]
     table = tabulate(rows, headers=["#", "spec", "kind", "target", "injected", "ended",
-                                    "expired nodes", "re-queued", "recovery from injection",
-                                    "recovery from end", "error"],
+                                    "expired nodes", "re-queued", "attempts (jobs)",
+                                    "recovery from injection", "recovery from end", "error"],
                      tablefmt=_FMT, disable_numparse=True)
     notes = [f"re-queued: the server log's 'compute node lease expired' lines, each given to the "
              f"latest fault injected before it (a fault on the node's host first); "
@@ -189,8 +189,14 @@ def fault_table(a: RunAnalysis) -> str:
              f"{f.extra_attempts} attempt(s) beyond the first, in {f.jobs_requeued} job(s), and "
              f"{f.later_attempt_results} result(s) of a later attempt",
              "recovery: to the next job completion (server clock; fault times are the "
-             "controller's clock, the same clock on one machine)"]
+             "controller's clock, the same clock on one machine)",
+             "attempts (jobs): of the re-queued jobs the journals show running on an expired "
+             "node, attempts needed: jobs (e.g. 2:3 = three jobs needed two attempts)"]
     return table + "\n" + "\n".join(f"* {n}" for n in notes)
+
+
+def _attempts(histogram: dict[int, int]) -> str:
+    return " ".join(f"{attempts}:{jobs}" for attempts, jobs in histogram.items()) or "-"
 
 
 def attempts_table(a: RunAnalysis) -> str:
