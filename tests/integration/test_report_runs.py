@@ -2,7 +2,8 @@
 
 Positive control: a small complete run passes every check. Negative controls: a slow unblocker
 fails the transition check, a run stopped early fails completion and names the unfinished stages,
-an injected ERROR "database is locked" line fails the lock check. No expected numbers are written
+an injected ERROR "database is locked" line fails the lock check, a journal that ran a job a
+second time fails the exactly-once check. No expected numbers are written
 by hand: every expectation is derived from the run's own database.
 """
 
@@ -156,6 +157,33 @@ def test_a_small_complete_run_passes_every_check(complete_run: Path, tmp_path: P
     assert doc["jobs"]["statuses"] == {"completed": doc["jobs"]["total"]}
     assert [s["kind"] for s in doc["stages"]] == ["stage", "barrier"] * 3
     assert {h["host"] for h in doc["hosts"]} == {"w1", "w2"}
+    assert doc["faults"]["attempts"] == {"1": doc["jobs"]["total"]}
+    exactly_once = next(c for c in doc["checks"] if c["name"] == "every_job_completed_exactly_once")
+    assert exactly_once["status"] == "PASS"
+
+
+def test_a_job_run_a_second_time_in_a_journal_fails_the_exactly_once_check(
+        complete_run: Path, tmp_path: Path) -> None:
+    run_dir = _copy(complete_run, tmp_path / "run")
+    conn = sqlite3.connect(f"file:{run_dir / 'hosts' / SERVER_HOST / 'server.db'}?mode=ro",
+                           uri=True)
+    try:
+        job_id, name, start, end = conn.execute(
+            "SELECT id, name, start_time, end_time FROM job ORDER BY id LIMIT 1").fetchone()
+    finally:
+        conn.close()
+    lines = [event for t in (start, end + 1.0) for event in (
+        {"e": "spawn", "job_id": job_id, "attempt": 1, "t": t, "node": "w1", "pid": 99999,
+         "compute_node_id": 1},
+        {"e": "exit", "job_id": job_id, "attempt": 1, "t": t + (end - start), "rc": 0,
+         "killed": False})]
+    journal = run_dir / "hosts" / "w1" / "executions_w1_99999.jsonl"
+    journal.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    _, checks = evaluate(run_dir)
+    check = next(c for c in checks if c.name == "every_job_completed_exactly_once")
+    assert check.status is Status.FAIL
+    assert f"{name} (id {job_id})" in check.detail
+    assert "hosts/w1/executions_w1_99999.jsonl" in check.where
 
 
 def test_the_report_files_validate_and_reproduce_on_a_copy_elsewhere(

@@ -16,6 +16,7 @@ import yaml
 
 from torc_stress.errors import ConfigError
 from torc_stress.report.analysis import Transition
+from torc_stress.report.faults import FaultFigures
 from torc_stress.report.overview import RunAnalysis
 
 _MAX_LISTED = 5
@@ -42,6 +43,8 @@ class Thresholds:
         stage_growth_slack_s: ... or the first stage plus this many seconds, whichever is larger
             (short stages are dominated by timing noise).
         lock_errors: allowed ERROR-level "database is locked" lines.
+        fault_recovery_s: an injected fault -> the next job completion (partition and
+            restart-server: from the fault's end).
     """
 
     stall_s: float = 5.0
@@ -51,6 +54,7 @@ class Thresholds:
     stage_growth_ratio: float = 1.5
     stage_growth_slack_s: float = 1.0
     lock_errors: int = 0
+    fault_recovery_s: float = 30.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -139,17 +143,20 @@ def build_checks(a: RunAnalysis, t: Thresholds) -> tuple[Check, ...]:
         t: the limits.
 
     Returns:
-        The checks in a fixed order: completion, lock errors, stuck jobs, stall, transitions per
-        barrier, total time, stage scaling.
+        The checks in a fixed order: completion, exactly once, lock errors, stuck jobs, stall,
+        transitions per barrier, total time, stage scaling, faults injected, recovery per fault.
     """
     return (
         completion_check(a),
+        exactly_once_check(a),
         lock_error_check(a, t),
         stuck_check(a),
         stall_check(a, t),
         *transition_checks(a, t),
         total_time_check(a, t),
         scaling_check(a, t),
+        faults_injected_check(a),
+        *recovery_checks(a, t),
     )
 
 
@@ -312,3 +319,91 @@ def _slowest_stage(a: RunAnalysis) -> str:
 
 def _fmt(value: float | int | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
+
+
+def exactly_once_check(a: RunAnalysis) -> Check:
+    """One successful result per job (database) and no job run twice (execution journals)."""
+    ex = a.executions
+    failing = [c for c in ex.counts() if not c.ok]
+    offenders = ex.offenders()
+    parts = [f"{c.name}: {c.measured}" for c in ex.counts()]
+    detail = "; ".join(parts)
+    if not ex.journals:
+        detail += "; no execution journals (the run predates them): executions not checked"
+    if failing:
+        detail += "; out of bounds: " + ", ".join(c.name for c in failing)
+        detail += "; e.g. " + "; ".join(_offence(a, j) for j in offenders[:_MAX_LISTED])
+    where = [f"{a.data.files['server_db']} (tables job, result: attempt_id)"]
+    where += sorted({j.path for j in a.data.journals})[:_MAX_LISTED]
+    return Check(
+        "every_job_completed_exactly_once", "every job completed exactly once",
+        Status.FAIL if failing else Status.PASS, len(offenders), 0, None, 0, "jobs",
+        "one successful result per job; no attempt spawned twice, no two executions of a job "
+        "at once, no job exiting 0 in two attempts", detail, tuple(where),
+    )
+
+
+def _offence(a: RunAnalysis, job_id: int) -> str:
+    ex = a.executions
+    what = []
+    if ex.successes.get(job_id, 0) != 1:
+        what.append(f"{ex.successes.get(job_id, 0)} successful results")
+    what += [f"attempt {att} spawned {n} times" for (j, att), n in ex.double_spawns.items()
+             if j == job_id]
+    what += [f"attempt {o.later.attempt} spawned while attempt {o.earlier.attempt} ran "
+             f"({o.later.journal}, {o.earlier.journal})" for o in ex.overlaps if o.job_id == job_id]
+    if job_id in ex.rc0_attempts:
+        what.append("exit 0 in attempts " + ", ".join(map(str, ex.rc0_attempts[job_id])))
+    return f"{_job_name(a, job_id)} (id {job_id}): {', '.join(what)}"
+
+
+def _job_name(a: RunAnalysis, job_id: int) -> str:
+    return next((j.name for j in a.data.jobs if j.id == job_id), "?")
+
+
+def faults_injected_check(a: RunAnalysis) -> Check:
+    """Every fault asked for was injected: otherwise the run did not test what it was asked to."""
+    faults = a.faults.faults
+    missing = [f.fault for f in faults if not f.fault.injected]
+    expected = "every --fault of the run injected (its trigger came)"
+    where = ("run.json (faults)",)
+    if not faults:
+        return Check("faults_injected", "every fault asked for was injected", Status.SKIP, 0, 0,
+                     0, None, "faults", expected, "no faults asked for", where)
+    detail = f"{len(faults) - len(missing)} of {len(faults)} fault(s) injected"
+    if missing:
+        detail += "; not triggered: " + "; ".join(
+            f"{f.spec}" + (f" ({f.error})" if f.error else "") for f in missing)
+    errors = [f.fault for f in faults if f.fault.injected and f.fault.error]
+    if errors:
+        detail += "; injected with an error: " + "; ".join(f"{f.spec}: {f.error}" for f in errors)
+    return Check("faults_injected", "every fault asked for was injected",
+                 Status.FAIL if missing else Status.PASS, len(faults) - len(missing),
+                 len(faults), len(faults), None, "faults", expected, detail, where)
+
+
+def recovery_checks(a: RunAnalysis, t: Thresholds) -> list[Check]:
+    """One check per fault: the run went on completing jobs soon after it."""
+    return [_recovery(a, f, t.fault_recovery_s) for f in a.faults.faults]
+
+
+def _recovery(a: RunAnalysis, f: FaultFigures, limit: float) -> Check:
+    since = "its end" if f.fault.kind in ("partition", "restart-server") else "its injection"
+    name = f"fault_recovery[{f.fault.spec}]"
+    title = f"a job completed soon after {f.fault.kind} on {f.target}"
+    expected = f"a job completed within {limit:g} s of {since}"
+    where = ("run.json (faults)", f"{a.data.files['server_db']} (job end_time)",
+             a.data.files["server_log"])
+    if not f.fault.injected:
+        return Check(name, title, Status.SKIP, None, 0, None, limit, "s", expected,
+                     "not triggered", where)
+    if f.completed_before >= a.jobs:
+        return Check(name, title, Status.SKIP, None, 0, None, limit, "s", expected,
+                     "every job had completed before the fault", where)
+    measured = f.measured_recovery_s
+    detail = (f"next completion {_fmt(f.recovery_s)} s after the injection"
+              + (f", {_fmt(f.recovery_from_end_s)} s after the end" if since == "its end" else "")
+              + f"; {f.requeued} job(s) re-queued by {len(f.expiries)} lease expiry line(s)")
+    if measured is None:
+        detail = f"no job completed after {since}; " + detail
+    return _bounded(name, title, measured, limit, "s", expected, detail, where)

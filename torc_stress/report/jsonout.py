@@ -14,9 +14,12 @@ from typing import Any
 from torc_stress import __version__
 from torc_stress.report import figures
 from torc_stress.report.checks import Check, Status, Thresholds
+from torc_stress.report.executions import Execution
+from torc_stress.report.faults import FaultFigures, LeaseExpiry
 from torc_stress.report.overview import RunAnalysis
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+_MAX_LISTED = 100
 OUTPUT_FILES = {"text": "report.txt", "json": "report.json", "junit": "junit.xml",
                 "timeline": "timeline.png"}
 
@@ -79,6 +82,8 @@ def build_document(a: RunAnalysis, checks: Sequence[Check], thresholds: Threshol
                    "stall": dict(a.stall.__dict__), "scaling": a.scaling},
         "hosts": [dict(h.__dict__) for h in a.hosts],
         "contention": _contention(a),
+        "faults": _faults(a),
+        "executions": _executions(a),
         "log": {"file": a.data.files["server_log"], "lock_errors": a.log.lock_error_count,
                 "lock_error_lines": [{"line": n, "text": t} for n, t in a.log.lock_errors[:20]],
                 "lock_retries": a.log.lock_retries, "errors": a.log.errors,
@@ -127,7 +132,77 @@ def _contention(a: RunAnalysis) -> dict[str, Any]:
         "transactions": (metrics or {}).get("transactions"),
         "lock_errors": a.metrics_lock_errors,
         "server": (metrics or {}).get("server"),
+        "leases": a.faults.leases,
     }
+
+
+def _faults(a: RunAnalysis) -> dict[str, Any]:
+    f = a.faults
+    return {
+        "asked": len(f.faults),
+        "injected": sum(1 for x in f.faults if x.fault.injected),
+        "items": [_fault(a, x) for x in f.faults],
+        "unattributed_expiries": [_expiry(a, e) for e in f.unattributed],
+        "requeued_in_log": f.requeued_in_log,
+        "attempts_recorded": f.attempts_recorded,
+        "attempts": {str(k): v for k, v in f.attempts.items()},
+        "jobs_requeued": f.jobs_requeued,
+        "extra_attempts": f.extra_attempts,
+        "later_attempt_results": f.later_attempt_results,
+    }
+
+
+def _fault(a: RunAnalysis, x: FaultFigures) -> dict[str, Any]:
+    f = x.fault
+    return {"spec": f.spec, "kind": f.kind, "host": f.host, "count": f.count,
+            "seconds": f.seconds, "trigger": f.trigger, "method": f.method,
+            "targets": list(f.targets), "error": f.error, "target": x.target,
+            "injected": f.injected, "injected_at_epoch_s": f.injected_at,
+            "ended_at_epoch_s": f.ended_at, "injected_s": x.injected_s, "ended_s": x.ended_s,
+            "expired_nodes": len(x.expiries), "requeued": x.requeued,
+            "expiries": [_expiry(a, e) for e in x.expiries],
+            "requeued_jobs_seen": [{"job_id": j, "job": _job_name(a, j), "attempts": n}
+                                   for j, n in list(x.jobs_seen.items())[:_MAX_LISTED]],
+            "attempts": {str(k): v for k, v in x.attempts.items()}, "recovery_s": x.recovery_s,
+            "recovery_from_end_s": x.recovery_from_end_s}
+
+
+def _job_name(a: RunAnalysis, job_id: int) -> str:
+    return next((j.name for j in a.data.jobs if j.id == job_id), "?")
+
+
+def _expiry(a: RunAnalysis, e: LeaseExpiry) -> dict[str, Any]:
+    return {"line": e.line, "t_s": None if e.t is None else e.t - a.t0,
+            "compute_node_id": e.compute_node_id, "hostname": e.hostname,
+            "requeued": e.requeued, "pending": e.pending, "running": e.running}
+
+
+def _executions(a: RunAnalysis) -> dict[str, Any]:
+    ex = a.executions
+    names = {j.id: j.name for j in a.data.jobs}
+
+    def job(job_id: int) -> dict[str, Any]:
+        return {"job_id": job_id, "job": names.get(job_id, "?")}
+
+    return {
+        "journals": ex.journals,
+        "counts": [dict(c.__dict__, ok=c.ok) for c in ex.counts()],
+        "offenders": [job(j) for j in ex.offenders()[:_MAX_LISTED]],
+        "without_success": [job(j) for j in ex.without_success[:_MAX_LISTED]],
+        "several_successes": [job(j) for j in ex.several_successes[:_MAX_LISTED]],
+        "double_spawns": [dict(job(j), attempt=att, spawns=n)
+                          for (j, att), n in list(ex.double_spawns.items())[:_MAX_LISTED]],
+        "overlaps": [dict(job(o.job_id), earlier=_execution(a, o.earlier),
+                          later=_execution(a, o.later)) for o in ex.overlaps[:_MAX_LISTED]],
+        "rc0_in_several_attempts": [dict(job(j), attempts=list(atts))
+                                    for j, atts in list(ex.rc0_attempts.items())[:_MAX_LISTED]],
+        "bad_lines": ex.bad_lines,
+    }
+
+
+def _execution(a: RunAnalysis, e: Execution) -> dict[str, Any]:
+    return {"attempt": e.attempt, "start_s": e.start - a.t0, "end_s": e.end - a.t0,
+            "exited": e.exited, "rc": e.rc, "killed": e.killed, "journal": e.journal}
 
 
 def dumps(doc: dict[str, Any]) -> str:

@@ -7,8 +7,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from torc_stress.report import analysis, figures
+from torc_stress.report import analysis, executions, faults, figures
 from torc_stress.report.analysis import Level, Stall, Transition
+from torc_stress.report.executions import ExecutionFigures
+from torc_stress.report.faults import FaultsSummary
 from torc_stress.report.figures import HostFigures, LogScan
 from torc_stress.report.rundir import JobRow, RunData
 from torc_stress.stats import summarize
@@ -36,6 +38,8 @@ class RunAnalysis:
     hosts: tuple[HostFigures, ...]
     log: LogScan
     metrics_lock_errors: int
+    faults: FaultsSummary
+    executions: ExecutionFigures
 
     @property
     def jobs(self) -> int:
@@ -69,6 +73,7 @@ def analyze(data: RunData, stall_gap_s: float) -> RunAnalysis:
     last_end = max(ends) - t0 if ends else None
     statuses = Counter(analysis.status_name(j.status) for j in data.jobs)
     all_done = statuses.get("completed", 0) == len(data.jobs) and data.jobs
+    fault_summary, execution_figures = _faults_and_executions(data, t0)
     return RunAnalysis(
         data=data,
         t0=t0,
@@ -86,7 +91,21 @@ def analyze(data: RunData, stall_gap_s: float) -> RunAnalysis:
         hosts=figures.host_figures(jobs, data.results, data.compute_nodes, data.worker_metrics),
         log=figures.scan_log(data.log_lines),
         metrics_lock_errors=figures.metrics_lock_errors(data.server_metrics),
+        faults=fault_summary,
+        executions=execution_figures,
     )
+
+
+def _faults_and_executions(data: RunData, t0: float) -> tuple[FaultsSummary, ExecutionFigures]:
+    asked = faults.parse_faults(data.run)
+    worker_end = executions.worker_ends(data.journals, data.worker_metrics, asked,
+                                        _run_end(data.run))
+    summary = faults.summarize_faults(
+        asked, data.jobs, data.results, data.log_lines, t0, server_host=data.server_host,
+        attempts_recorded=data.attempts_recorded, metrics=data.server_metrics,
+        journals=data.journals)
+    return summary, executions.execution_figures(data.jobs, data.results, data.journals,
+                                                 worker_end)
 
 
 def _relative_stall(stall: Stall, t0: float) -> Stall:

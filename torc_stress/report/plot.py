@@ -1,8 +1,9 @@
-"""Draws timeline.png: completions per time bin by stage, running jobs, barrier moments."""
+"""Draws timeline.png: completions per time bin by stage, running jobs, barriers and faults."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -15,6 +16,29 @@ from torc_stress.report.overview import RunAnalysis  # noqa: E402
 
 _TARGET_BINS = 80
 _NICE = (1, 2, 2.5, 5, 10)
+_FAULT_COLOUR = "darkorange"
+
+
+@dataclass(frozen=True)
+class FaultMark:
+    """Where the plot marks one injected fault (seconds after the start); ``until``: a span."""
+
+    at: float
+    until: float | None
+    label: str
+
+
+def fault_marks(a: RunAnalysis) -> list[FaultMark]:
+    """Returns a mark per injected fault: a line, and for a partition a span to its end."""
+    marks = []
+    for f in a.faults.faults:
+        if f.injected_s is None:
+            continue
+        host = f.fault.host or (a.data.server_host if f.fault.kind == "restart-server" else "")
+        span = f.fault.kind == "partition" and f.ended_s is not None and f.ended_s > f.injected_s
+        marks.append(FaultMark(f.injected_s, f.ended_s if span else None,
+                               f"{f.fault.kind} {host}".strip()))
+    return marks
 
 
 def bin_width(span_s: float, target_bins: int = _TARGET_BINS) -> float:
@@ -75,6 +99,8 @@ def draw_timeline(a: RunAnalysis, path: Path) -> None:
     try:
         _bars(ax, a, edges, counts, width)
         _barrier_lines(ax, a)
+        _fault_lines(ax, fault_marks(a))
+        ax.legend(loc="upper left", title="jobs completed in", fontsize="small")
         _running_line(ax, edges, running_per_bin(a, edges, width), width)
         ax.set_xlabel("seconds since the first job was ready")
         ax.set_ylabel(f"jobs completed per {width:g} s")
@@ -115,7 +141,19 @@ def _barrier_lines(ax: plt.Axes, a: RunAnalysis) -> None:
                     va="top", ha="right", fontsize="x-small",
                     bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none",
                           "alpha": 0.8})
-    ax.legend(loc="upper left", title="jobs completed in", fontsize="small")
+
+
+def _fault_lines(ax: plt.Axes, marks: list[FaultMark]) -> None:
+    spans = [m for m in marks if m.until is not None]
+    for mark in marks:
+        if mark.until is not None:
+            ax.axvspan(mark.at, mark.until, color=_FAULT_COLOUR, alpha=0.15, linewidth=0, zorder=0,
+                       label="partition (injected -> ended)" if mark is spans[0] else None)
+        ax.axvline(mark.at, color=_FAULT_COLOUR, linestyle=":", linewidth=1.5,
+                   label="fault injected" if mark is marks[0] else None)
+        ax.annotate(mark.label, xy=(mark.at, 0.0), xycoords=("data", "axes fraction"),
+                    xytext=(3, 4), textcoords="offset points", rotation=90, va="bottom",
+                    ha="left", fontsize="x-small", color=_FAULT_COLOUR)
 
 
 def _running_line(ax: plt.Axes, edges: list[float], running: list[float], width: float) -> None:

@@ -1,9 +1,9 @@
 """Loads a gathered run directory into a :class:`RunData` record (the report's only input).
 
 Everything the report computes comes from here: ``run.json``, the server host's ``server.db``
-(opened read-only), ``server.log`` and ``metrics.json``, and the workers' metrics files. Paths kept
-in the record are relative to the run directory so the report does not depend on where the
-directory lives.
+(opened read-only), ``server.log`` and ``metrics.json``, the workers' metrics files and their
+execution journals (``executions_*.jsonl``). Paths kept in the record are relative to the run
+directory so the report does not depend on where the directory lives.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from torc_stress.errors import RunDirError
+from torc_stress.report.journals import ExecutionJournal, parse_journal
 
 logger = logging.getLogger(__name__)
 
@@ -34,17 +35,19 @@ class JobRow:
     claim_time: float | None = None
     start_time: float | None = None
     end_time: float | None = None
+    attempt_id: int = 1
 
 
 @dataclass(frozen=True)
 class ResultRow:
-    """One row of the ``result`` table."""
+    """One row of the ``result`` table (``attempt_id`` is 1 in databases that lack it)."""
 
     job_id: int
     run_id: int
     return_code: int
     status: int
     compute_node_id: int | None
+    attempt_id: int = 1
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,9 @@ class RunData:
         server_metrics: the final server metrics document, or None if it was not gathered.
         worker_metrics: every worker metrics document found under ``hosts/``.
         files: logical name -> path relative to the run directory (for "where to look").
+        journals: every worker execution journal found under ``hosts/`` (none in older runs).
+        attempts_recorded: whether the database counts attempts (``job.attempt_id``); when it
+            does not, every job and result reads as attempt 1.
     """
 
     run: dict[str, Any]
@@ -85,6 +91,8 @@ class RunData:
     server_metrics: dict[str, Any] | None
     worker_metrics: tuple[WorkerMetrics, ...] = ()
     files: dict[str, str] = field(default_factory=dict)
+    journals: tuple[ExecutionJournal, ...] = ()
+    attempts_recorded: bool = False
 
 
 def load_run_dir(run_dir: Path) -> RunData:
@@ -119,6 +127,7 @@ def load_run_dir(run_dir: Path) -> RunData:
         server_metrics=metrics,
         worker_metrics=_read_worker_metrics(run_dir),
         files=files,
+        journals=_read_journals(run_dir),
         **tables,
     )
 
@@ -182,6 +191,22 @@ def _read_worker_metrics(run_dir: Path) -> tuple[WorkerMetrics, ...]:
     return tuple(found)
 
 
+def _read_journals(run_dir: Path) -> tuple[ExecutionJournal, ...]:
+    found = []
+    for path in sorted((run_dir / "hosts").glob("*/**/executions_*.jsonl")):
+        rel = path.relative_to(run_dir).as_posix()
+        try:
+            text = path.read_text(encoding="utf-8", errors="replace")
+        except OSError as exc:
+            raise RunDirError(f"cannot read {rel}: {exc}. {_HINT}") from exc
+        host = path.relative_to(run_dir / "hosts").parts[0]
+        journal = parse_journal(host, rel, text.splitlines())
+        if journal.bad_lines:
+            logger.warning("%s: %d line(s) are not journal events", rel, journal.bad_lines)
+        found.append(journal)
+    return tuple(found)
+
+
 def _read_database(db: Path, rel: str, run: dict[str, Any]) -> dict[str, Any]:
     uri = f"{db.resolve().as_uri()}?mode=ro&immutable=1"
     try:
@@ -214,12 +239,14 @@ def _read_tables(conn: sqlite3.Connection, rel: str, run: dict[str, Any]) -> dic
                 "the report needs a database written by the torc-stress server."
             )
     workflow_id = _workflow_id(conn, rel, run)
+    attempts = "attempt_id" in _columns(conn, "job")
     return {
         "workflow_id": workflow_id,
-        "jobs": _read_jobs(conn, workflow_id),
+        "jobs": _read_jobs(conn, workflow_id, attempts),
         "dependencies": _read_dependencies(conn, workflow_id),
         "results": _read_results(conn, workflow_id),
         "compute_nodes": _read_compute_nodes(conn),
+        "attempts_recorded": attempts,
     }
 
 
@@ -235,10 +262,12 @@ def _workflow_id(conn: sqlite3.Connection, rel: str, run: dict[str, Any]) -> int
     return max(counts, key=lambda wid: (counts[wid], -wid))
 
 
-def _read_jobs(conn: sqlite3.Connection, workflow_id: int) -> tuple[JobRow, ...]:
+def _read_jobs(conn: sqlite3.Connection, workflow_id: int, attempts: bool
+               ) -> tuple[JobRow, ...]:
+    attempt = "attempt_id" if attempts else "1"
     rows = conn.execute(
-        "SELECT id, name, status, ready_time, claim_time, start_time, end_time FROM job "
-        "WHERE workflow_id = ? ORDER BY id",
+        "SELECT id, name, status, ready_time, claim_time, start_time, end_time, "
+        f"{attempt} FROM job WHERE workflow_id = ? ORDER BY id",
         (workflow_id,),
     )
     return tuple(JobRow(*row) for row in rows)
@@ -258,9 +287,11 @@ def _read_results(conn: sqlite3.Connection, workflow_id: int) -> tuple[ResultRow
     if not {"job_id", "run_id", "return_code", "status"} <= columns:
         return ()
     node = "r.compute_node_id" if "compute_node_id" in columns else "NULL"
+    attempt = "r.attempt_id" if "attempt_id" in columns else "1"
     rows = conn.execute(
-        f"SELECT r.job_id, r.run_id, r.return_code, r.status, {node} FROM result r "
-        "JOIN job j ON j.id = r.job_id WHERE j.workflow_id = ? ORDER BY r.job_id, r.run_id",
+        f"SELECT r.job_id, r.run_id, r.return_code, r.status, {node}, {attempt} FROM result r "
+        "JOIN job j ON j.id = r.job_id WHERE j.workflow_id = ? "
+        f"ORDER BY r.job_id, r.run_id, {attempt}",
         (workflow_id,),
     )
     return tuple(ResultRow(*row) for row in rows)

@@ -42,8 +42,12 @@ def render_report(a: RunAnalysis, checks: Sequence[Check]) -> str:
         failure_details(checks),
         "Stages\n" + stage_table(a),
         "Hosts\n" + host_table(a),
+        "Faults\n" + fault_table(a),
+        "Attempts per job\n" + attempts_table(a),
+        "Executions (every job completed exactly once)\n" + execution_table(a),
         "Server contention: write path\n" + write_path_table(a),
         "Server contention: unblocker\n" + unblock_table(a),
+        lease_table(a),
         "API request latency (server side)\n" + request_table(a),
         verdict_line(checks),
     ]
@@ -157,3 +161,74 @@ def request_table(a: RunAnalysis) -> str:
         return "(no server metrics in the run directory)"
     return tabulate(rows, headers=["endpoint", "requests", "errors", "p50 ms", "p90 ms",
                                    "p99 ms", "max ms"], tablefmt=_FMT, disable_numparse=True)
+
+
+def fault_table(a: RunAnalysis) -> str:
+    """One row per fault asked for: what, when, what it re-queued, how soon jobs completed again.
+
+    Times are seconds after the first job was ready; fault times come from the controller's
+    clock, job times from the server's (the same clock on one machine).
+    """
+    f = a.faults
+    if not f.faults:
+        return "(no faults asked for)"
+    rows = [[i, x.fault.spec, x.fault.kind, x.target,
+             _num(x.injected_s) if x.fault.injected else "not triggered", _num(x.ended_s),
+             len(x.expiries), x.requeued, _attempts(x.attempts), _num(x.recovery_s),
+             _num(x.recovery_from_end_s), x.fault.error or ""]
+            for i, x in enumerate(f.faults, start=1)]
+    table = tabulate(rows, headers=["#", "spec", "kind", "target", "injected", "ended",
+                                    "expired nodes", "re-queued", "attempts (jobs)",
+                                    "recovery from injection", "recovery from end", "error"],
+                     tablefmt=_FMT, disable_numparse=True)
+    notes = [f"re-queued: the server log's 'compute node lease expired' lines, each given to the "
+             f"latest fault injected before it (a fault on the node's host first); "
+             f"{len(f.unattributed)} line(s) ({sum(e.requeued for e in f.unattributed)} job(s)) "
+             "belong to no fault",
+             f"log total {f.requeued_in_log} re-queue(s); the database counts "
+             f"{f.extra_attempts} attempt(s) beyond the first, in {f.jobs_requeued} job(s), and "
+             f"{f.later_attempt_results} result(s) of a later attempt",
+             "recovery: to the next job completion (server clock; fault times are the "
+             "controller's clock, the same clock on one machine)",
+             "attempts (jobs): of the re-queued jobs the journals show running on an expired "
+             "node, attempts needed: jobs (e.g. 2:3 = three jobs needed two attempts)"]
+    return table + "\n" + "\n".join(f"* {n}" for n in notes)
+
+
+def _attempts(histogram: dict[int, int]) -> str:
+    return " ".join(f"{attempts}:{jobs}" for attempts, jobs in histogram.items()) or "-"
+
+
+def attempts_table(a: RunAnalysis) -> str:
+    """How many jobs needed 1, 2, 3 ... attempts (job.attempt_id)."""
+    f = a.faults
+    if not f.attempts_recorded:
+        return "(the database does not count attempts: a server older than the lease work)"
+    rows = [[attempts, jobs] for attempts, jobs in f.attempts.items()]
+    return tabulate(rows, headers=["attempts", "jobs"], tablefmt=_FMT, disable_numparse=True)
+
+
+def execution_table(a: RunAnalysis) -> str:
+    """The exactly-once counts with their reference and bounds (ReFrame style)."""
+    ex = a.executions
+    rows = [["ok" if c.ok else "OUT", c.name, c.measured, _num(c.reference), _num(c.lower),
+             _num(c.upper)] for c in ex.counts()]
+    table = tabulate(rows, headers=["", "count", "measured", "ref", "lower", "upper"],
+                     tablefmt=_FMT, disable_numparse=True)
+    if not ex.journals:
+        return table + "\n(no execution journals in the run directory: executions not checked)"
+    return table + (f"\n{ex.journals} journal(s); an execution without an exit line runs until "
+                    "its worker ended" + (f"; {ex.bad_lines} unreadable line(s)"
+                                          if ex.bad_lines else ""))
+
+
+def lease_table(a: RunAnalysis) -> str:
+    """The server's lease figures (metrics ``leases``) with a title; empty when not reported."""
+    leases = a.faults.leases
+    if leases is None:
+        return ""
+    rows = [[_num(leases.get("lease_s")), _num(leases.get("expired_nodes")),
+             _num(leases.get("requeued_jobs")), len(a.faults.expiries)]]
+    table = tabulate(rows, headers=["lease s", "expired nodes", "re-queued jobs",
+                                   "expiry lines (log)"], tablefmt=_FMT, disable_numparse=True)
+    return "Server contention: leases\n" + table
