@@ -273,6 +273,7 @@ def longest_stall(
     dependencies: Sequence[tuple[int, int]],
     min_gap_s: float,
     end_of_run: float | None = None,
+    excused: Sequence[tuple[float, float]] = (),
 ) -> Stall:
     """Finds the longest interval with no job event although some job was waiting to progress.
 
@@ -285,6 +286,8 @@ def longest_stall(
         dependencies: ``(job_id, depends_on_job_id)`` pairs.
         min_gap_s: gaps up to this length are not examined.
         end_of_run: when the run ended (epoch seconds); a final gap up to it counts too.
+        excused: epoch intervals disturbed by an injected fault (:func:`fault_windows`); a gap
+            that overlaps one is the fault's doing, not a stall.
 
     Returns:
         The longest stall (absolute epoch times), or a zero stall.
@@ -295,7 +298,7 @@ def longest_stall(
     waits = _waiting_intervals(jobs, dependencies)
     best = Stall(0.0, None, None, ())
     for a, b in zip(events, events[1:], strict=False):
-        if b - a <= min_gap_s:
+        if b - a <= min_gap_s or _overlaps(a, b, excused):
             continue
         waiting = [(max(a, s), name) for s, e, name in waits if s < b and (e is None or e >= b)]
         if waiting and b - min(w for w, _ in waiting) > best.seconds:
@@ -327,21 +330,51 @@ def _waiting_intervals(
     return waits
 
 
-def stage_scaling(levels: Sequence[Level]) -> dict[str, float | int | None]:
+def fault_windows(
+    faults: Sequence[tuple[float | None, float | None]], lease_s: float, slack_s: float = 2.0
+) -> list[tuple[float, float]]:
+    """The intervals injected faults disturb: from a fault's injection until its end plus the
+    lease (the server's time to notice a dead node) and ``slack_s``.
+
+    Args:
+        faults: ``(injected_at, ended_at)`` per fault (epoch seconds; None: not injected/ended).
+        lease_s: the server's lease.
+        slack_s: time to re-queue and restart the work.
+    """
+    return [(start, (end if end is not None else start) + lease_s + slack_s)
+            for start, end in faults if start is not None]
+
+
+def _overlaps(a: float, b: float, windows: Sequence[tuple[float, float]]) -> bool:
+    return any(a < end and b > start for start, end in windows)
+
+
+def stage_scaling(
+    levels: Sequence[Level], excused: Sequence[tuple[float, float]] = ()
+) -> dict[str, float | int | None]:
     """Summarises how stage durations grow with the stage number.
 
+    Stages that overlap an ``excused`` interval (relative to the run start, like the levels'
+    times: a fault disturbed them) are left out and counted in ``excused``.
+
     Returns:
-        ``stages`` (finished stages), ``first_s``, ``max_later_s``, ``max_ratio`` (slowest later
-        stage / first), ``last_ratio`` and ``growth_pct_per_stage`` (least-squares slope of the
-        durations, as a percentage of the first stage's duration).
+        ``stages`` (finished stages judged), ``excused``, ``first_s``, ``max_later_s``,
+        ``max_ratio`` (slowest later stage / first), ``last_ratio`` and
+        ``growth_pct_per_stage`` (least-squares slope of the durations, as a percentage of the
+        first stage's duration).
     """
-    durations = [lv.duration_s for lv in levels if lv.kind == "stage" and lv.duration_s is not None]
+    finished = [lv for lv in levels if lv.kind == "stage" and lv.duration_s is not None]
+    judged = [lv for lv in finished if not (
+        lv.first_start is not None and lv.last_end is not None
+        and _overlaps(lv.first_start, lv.last_end, excused))]
+    durations = [lv.duration_s for lv in judged if lv.duration_s is not None]
     first = durations[0] if durations else None
     later = durations[1:]
     slope = linear_slope(durations)
     usable = first is not None and first > 0
     return {
         "stages": len(durations),
+        "excused": len(finished) - len(judged),
         "first_s": first,
         "max_later_s": max(later) if later else None,
         "max_ratio": max(later) / first if later and usable and first else None,

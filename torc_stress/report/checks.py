@@ -305,6 +305,8 @@ def scaling_check(a: RunAnalysis, t: Thresholds) -> Check:
     detail = (f"first stage {first:.3f} s, slowest later stage {worst:.3f} s ({slowest}), "
               f"ratio {_fmt(s['max_ratio'])}, fitted growth {_fmt(s['growth_pct_per_stage'])} "
               "% of the first stage per stage")
+    if s.get("excused"):
+        detail += f"; {s['excused']} stage(s) disturbed by an injected fault left out"
     return _bounded("linear_stage_scaling", "stage durations do not grow", worst, limit, "s",
                     expected, detail, where, reference=first)
 

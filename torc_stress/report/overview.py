@@ -74,6 +74,10 @@ def analyze(data: RunData, stall_gap_s: float) -> RunAnalysis:
     statuses = Counter(analysis.status_name(j.status) for j in data.jobs)
     all_done = statuses.get("completed", 0) == len(data.jobs) and data.jobs
     fault_summary, execution_figures = _faults_and_executions(data, t0)
+    leases = (data.server_metrics or {}).get("leases") or {}
+    windows = analysis.fault_windows(
+        [(f.fault.injected_at, f.fault.ended_at) for f in fault_summary.faults],
+        float(leases.get("lease_s") or 0.0))
     return RunAnalysis(
         data=data,
         t0=t0,
@@ -82,12 +86,13 @@ def analyze(data: RunData, stall_gap_s: float) -> RunAnalysis:
         statuses=dict(sorted(statuses.items())),
         stuck_blocked=tuple(jobs[i] for i in analysis.stuck_blocked(jobs, data.dependencies)),
         stall=_relative_stall(
-            analysis.longest_stall(jobs, data.dependencies, stall_gap_s, _run_end(data.run)), t0
+            analysis.longest_stall(jobs, data.dependencies, stall_gap_s, _run_end(data.run),
+                                   windows), t0
         ),
         hop_ms=summarize(analysis.hop_latencies_ms(jobs, data.dependencies)),
         total_time_s=last_end if all_done else None,
         last_end_s=last_end,
-        scaling=analysis.stage_scaling(levels),
+        scaling=analysis.stage_scaling(levels, [(a - t0, b - t0) for a, b in windows]),
         hosts=figures.host_figures(jobs, data.results, data.compute_nodes, data.worker_metrics),
         log=figures.scan_log(data.log_lines),
         metrics_lock_errors=figures.metrics_lock_errors(data.server_metrics),
