@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from torc_stress.errors import ApiError
+from torc_stress.server.checks import parse_int
 from torc_stress.statuses import JobStatus
 
 PREFIX = "/torc-service/v1"
@@ -51,23 +52,16 @@ def _api_message(exc: ApiError) -> str:
 
 # -- request parsing helpers --------------------------------------------------------------------
 def path_int(request: Request, name: str) -> int:
-    """An integer path parameter, or 400."""
-    raw = request.path_params[name]
-    try:
-        return int(raw)
-    except ValueError:
-        raise ApiError(400, f"path parameter {name!r} must be an integer, got {raw!r}") from None
+    """An integer path parameter within SQLite's INTEGER range, or 400."""
+    return parse_int(request.path_params[name], f"path parameter {name!r}")
 
 
 def query_int(request: Request, name: str, default: int | None = None) -> int | None:
-    """An integer query parameter, or 400."""
+    """An integer query parameter within SQLite's INTEGER range, or 400."""
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ApiError(400, f"query parameter {name!r} must be an integer, got {raw!r}") from None
+    return parse_int(raw, f"query parameter {name!r}")
 
 
 def query_bool(request: Request, name: str, default: bool = False) -> bool:
