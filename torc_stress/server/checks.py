@@ -63,11 +63,11 @@ def checked_number(value: float, field: str) -> float:
     Raises:
         ApiError: 422 naming ``field``.
     """
-    if type(value) is float:
-        if math.isfinite(value):
-            return value
-        raise ApiError(422, f"field {field!r} must be a finite number")
-    return checked_int(value, field)
+    if type(value) is not float:
+        return checked_int(int(value), field)
+    if math.isfinite(value):
+        return value
+    raise ApiError(422, f"field {field!r} must be a finite number")
 
 
 def is_timestamp(value: Any) -> bool:
