@@ -110,6 +110,9 @@ def _add_server(groups: Any) -> None:
     run.add_argument("--unblock-delay", type=float, default=0.0)
     run.add_argument("--lock-error-after", type=float, default=45.0)
     run.add_argument("--token-file", dest="server_token_file", type=Path)
+    from torc_stress.server.limits import add_limit_arguments
+
+    add_limit_arguments(run)
     backup = _command(commands, "backup", "copy a live database consistently", _server_backup)
     backup.add_argument("src", type=Path, metavar="SRC")
     backup.add_argument("dest", type=Path, metavar="DEST")
@@ -186,12 +189,14 @@ def _emit_table(stream: TextIO, rows: list[list[Any]], headers: list[str]) -> No
 
 
 def _server_run(args: argparse.Namespace, stream: TextIO) -> int:
+    from torc_stress.server.limits import limit_settings
     from torc_stress.server.main import ServerSettings, serve
 
     settings = ServerSettings(
         host=args.host, port=args.port, database=args.database, log_level=args.log_level,
         log_file=args.log_file, metrics_file=args.metrics_file, unblock_delay=args.unblock_delay,
-        lock_error_after=args.lock_error_after, token_file=args.server_token_file)
+        lock_error_after=args.lock_error_after, token_file=args.server_token_file,
+        **limit_settings(args))
     return serve(settings)
 
 

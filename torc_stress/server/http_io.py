@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from torc_stress.errors import ApiError
@@ -86,7 +86,10 @@ def status_param(raw: str, what: str) -> int:
 
 async def json_body(request: Request, *, required: bool = True) -> Any:
     """The parsed JSON body; 400 if malformed, ``{}`` if empty and not required."""
-    raw = await request.body()
+    try:
+        raw = await request.body()
+    except ClientDisconnect:  # gone, or refused over a limit (protocol.py): nobody to answer
+        raise ApiError(400, "the client disconnected before sending the whole body") from None
     if not raw.strip():
         if required:
             raise ApiError(400, "the request needs a JSON body")
