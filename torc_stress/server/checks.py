@@ -117,16 +117,19 @@ def checked_result(body: dict[str, Any]) -> dict[str, Any]:
     for key in _RESULT_INTS:
         if not INT64_MIN <= body[key] <= INT64_MAX:
             raise int64_error(key)
-    checked_number(body["exec_time_minutes"], "exec_time_minutes")
+    minutes = body["exec_time_minutes"]
+    if type(minutes) is not float or minutes - minutes != 0.0:  # inf - inf and nan are nan
+        checked_number(minutes, "exec_time_minutes")
     if not is_timestamp(body["completion_time"]):
         raise ApiError(
             422, "field 'completion_time' must be an ISO 8601 date-time such as "
             f"'2026-11-28T21:30:12.123Z', got {shown(str(body['completion_time']))}"
         )
-    for key, real in _RESULT_OPTIONAL:
-        value = body.get(key)
-        if value is not None:
-            _optional_number(value, key, real)
+    if len(body) > len(_RESULT_INTS) + 3:  # more than the required fields
+        for key, real in _RESULT_OPTIONAL:
+            value = body.get(key)
+            if value is not None:
+                _optional_number(value, key, real)
     return body
 
 
