@@ -119,7 +119,7 @@ def test_schemathesis_finds_no_server_error_no_hang_and_no_schema_mismatch(
     assert run.returncode == 0, summary
     suite = ET.parse(junit).getroot()
     suite = suite if suite.tag == "testsuite" else suite[0]
-    operations = len(document["paths"]) and sum(len(ops) for ops in document["paths"].values())
+    operations = sum(len(ops) for ops in document["paths"].values())
     assert int(suite.get("tests", "0")) == operations, summary
     assert suite.get("failures") == "0" and suite.get("errors") == "0", summary
     assert "passed" in summary and "failed" not in summary.split("SUMMARY")[-1]
@@ -148,10 +148,10 @@ _CASES: list[tuple[str, str, Any, int, str]] = [
     ("GET", f"/workflows/{{wid}}/job_dependencies?offset={BIG}", None, 400, "'offset'"),
     ("PUT", f"/jobs/{{job}}/start_job/0/{BIG}", None, 400, "'compute_node_id'"),
     ("PUT", f"/jobs/{BIG}/start_job/0/{{node}}", None, 400, "'id'"),
-    ("POST", f"/jobs/{{job}}/complete_job/completed/{BIG}", "result", 400, "'run_id'"),
+    ("POST", f"/jobs/{{job}}/complete_job/completed/{BIG}", ("result", {}), 400, "'run_id'"),
     ("POST", f"/workflows/{BIG}/claim_next_jobs", None, 400, "'id'"),
-    ("POST", "/compute_nodes", "node:pid", 422, "'pid'"),
-    ("POST", "/compute_nodes", "node:num_cpus", 422, "'num_cpus'"),
+    ("POST", "/compute_nodes", ("node", {"pid": BIG}), 422, "'pid'"),
+    ("POST", "/compute_nodes", ("node", {"num_cpus": BIG}), 422, "'num_cpus'"),
     ("POST", "/workflows/{wid}/claim_jobs_based_on_resources/5",
      {"num_cpus": 1, "memory_gb": 1.5e308, "num_gpus": 0, "num_nodes": 1}, 422, "memory_gb"),
     ("POST", "/resource_requirements",
@@ -161,15 +161,15 @@ _CASES: list[tuple[str, str, Any, int, str]] = [
     ("POST", "/events", {"workflow_id": "{wid}", "timestamp": BIG, "data": 1}, 422,
      "'timestamp'"),
     ("PUT", "/workflows/{wid}/status", {"run_id": BIG}, 422, "'run_id'"),
-    ("POST", "/jobs/{job}/complete_job/completed/0", "result:peak_memory_bytes=[1]", 422,
+    ("POST", "/jobs/{job}/complete_job/completed/0", ("result", {"peak_memory_bytes": [1]}), 422,
      "'peak_memory_bytes'"),
-    ("POST", "/jobs/{job}/complete_job/completed/0", "result:attempt_id='a'", 422,
+    ("POST", "/jobs/{job}/complete_job/completed/0", ("result", {"attempt_id": "a"}), 422,
      "'attempt_id'"),
-    ("POST", "/jobs/{job}/complete_job/completed/0", "result:completion_time=''", 422,
+    ("POST", "/jobs/{job}/complete_job/completed/0", ("result", {"completion_time": ""}), 422,
      "'completion_time'"),
-    ("POST", "/jobs/{job}/complete_job/completed/0", "result:avg_cpu_percent='x'", 422,
+    ("POST", "/jobs/{job}/complete_job/completed/0", ("result", {"avg_cpu_percent": "x"}), 422,
      "'avg_cpu_percent'"),
-    ("POST", "/jobs/{job}/complete_job/completed/0", f"result:return_code={BIG}", 422,
+    ("POST", "/jobs/{job}/complete_job/completed/0", ("result", {"return_code": BIG}), 422,
      "'return_code'"),
     ("POST", "/jobs/{job}/complete_job/completed/0", b'{"job_id": ', 400, "malformed JSON"),
     ("POST", "/jobs/{job}/complete_job/completed/0", b"NaN", 400, "malformed JSON"),
@@ -182,16 +182,12 @@ _CASES: list[tuple[str, str, Any, int, str]] = [
 
 
 def _body(spec: Any, seed: dict[str, Any]) -> Any:
-    """A case's body: raw bytes, ``result:field=python literal``, ``node:field`` (set to BIG),
-    or JSON with ``"{wid}"`` standing for the workflow id."""
-    if isinstance(spec, str) and spec.startswith("result"):
-        _, _, change = spec.partition(":")
-        if not change:
-            return _result(seed)
-        name, _, literal = change.partition("=")
-        return _result(seed, **{name: eval(literal)})  # noqa: S307 - the table's own literals
-    if isinstance(spec, str) and spec.startswith("node:"):
-        return compute_node(seed["workflow_id"]) | {spec[5:]: BIG}
+    """A case's body: raw bytes, ``("result" | "node", changes)`` (a valid result or compute
+    node body with ``changes``), or JSON with ``"{wid}"`` standing for the workflow id."""
+    if isinstance(spec, tuple):
+        kind, change = spec
+        base = _result(seed) if kind == "result" else compute_node(seed["workflow_id"])
+        return base | change
     if isinstance(spec, dict):
         return {k: seed["workflow_id"] if v == "{wid}" else v for k, v in spec.items()}
     return spec
