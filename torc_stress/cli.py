@@ -113,6 +113,9 @@ def _add_server(groups: Any) -> None:
     run.add_argument("--lease-s", type=float, default=5.0,
                      help="seconds a heartbeating compute node may go silent before its jobs "
                      "go back to ready (0: no leases; default 5)")
+    from torc_stress.server.limits import add_limit_arguments
+
+    add_limit_arguments(run)
     backup = _command(commands, "backup", "copy a live database consistently", _server_backup)
     backup.add_argument("src", type=Path, metavar="SRC")
     backup.add_argument("dest", type=Path, metavar="DEST")
@@ -189,13 +192,14 @@ def _emit_table(stream: TextIO, rows: list[list[Any]], headers: list[str]) -> No
 
 
 def _server_run(args: argparse.Namespace, stream: TextIO) -> int:
+    from torc_stress.server.limits import limit_settings
     from torc_stress.server.main import ServerSettings, serve
 
     settings = ServerSettings(
         host=args.host, port=args.port, database=args.database, log_level=args.log_level,
         log_file=args.log_file, metrics_file=args.metrics_file, unblock_delay=args.unblock_delay,
         lock_error_after=args.lock_error_after, token_file=args.server_token_file,
-        lease_s=args.lease_s)
+        lease_s=args.lease_s, **limit_settings(args))
     return serve(settings)
 
 

@@ -17,6 +17,8 @@ GOOD: dict[str, Any] = {"job_id": 1, "workflow_id": 1, "run_id": 0, "compute_nod
 @pytest.mark.parametrize("change", [
     {}, {"exec_time_minutes": 1}, {"return_code": -15, "status": "terminated"},
     {"peak_memory_bytes": 1024, "attempt_id": 2},
+    {"return_code": 2**63 - 1, "job_id": -(2**63), "avg_cpu_percent": 12, "peak_cpu_percent": 1.5},
+    {"completion_time": "2026-12-03T13:11:53.123456789+00:00"},
 ])
 def test_a_well_formed_result_is_accepted_unchanged(change: dict[str, Any]) -> None:
     body = GOOD | change
@@ -32,6 +34,18 @@ def test_a_well_formed_result_is_accepted_unchanged(change: dict[str, Any]) -> N
     ({"status": "finished"}, "finished"),
     ({"status": None}, "status"),
     ({"compute_node_id": None}, "compute_node_id"),
+    ({"return_code": 2**63}, "return_code"),
+    ({"job_id": -(2**63) - 1}, "job_id"),
+    ({"exec_time_minutes": 2**64}, "exec_time_minutes"),
+    ({"exec_time_minutes": float("nan")}, "exec_time_minutes"),
+    ({"completion_time": ""}, "completion_time"),
+    ({"completion_time": "yesterday"}, "completion_time"),
+    ({"attempt_id": "a"}, "attempt_id"),
+    ({"attempt_id": 1.5}, "attempt_id"),
+    ({"peak_memory_bytes": [1]}, "peak_memory_bytes"),
+    ({"avg_memory_bytes": 2**63}, "avg_memory_bytes"),
+    ({"avg_cpu_percent": "x"}, "avg_cpu_percent"),
+    ({"peak_cpu_percent": True}, "peak_cpu_percent"),
 ])
 def test_a_malformed_result_gets_a_422_naming_what_is_wrong(change: dict[str, Any],
                                                             named: str) -> None:

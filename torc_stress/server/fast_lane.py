@@ -29,10 +29,12 @@ from http import HTTPStatus
 from typing import Any, ClassVar
 
 from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from torc_stress.server.auth import UNAUTHORIZED_MESSAGE, authorization_header, token_accepted
 from torc_stress.server.hot_routes import HotRoute, HotRoutes, error_body
+from torc_stress.server.limits import ConnectionCap, Limits
 from torc_stress.server.protocol import CoalescingHttpToolsProtocol
 
 _STATUS_LINES = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in HTTPStatus}
@@ -159,27 +161,36 @@ class FastLaneProtocol(CoalescingHttpToolsProtocol):
         super().connection_lost(exc)
 
     # -- parser callbacks -----------------------------------------------------------------------
+    # NOTE: these call HttpToolsProtocol's callbacks, not super()'s: the limit checks of
+    # CoalescingHttpToolsProtocol's run here once for both lanes.
     def on_headers_complete(self) -> None:
         """Takes the fast lane for an eligible hot-route request, else uvicorn's path."""
+        if not self.head_accepted():
+            return
         fast = self._fast_request() if self._lane_open else None
         if fast is None:
-            super().on_headers_complete()
+            HttpToolsProtocol.on_headers_complete(self)
         else:
             self.cycle = fast  # type: ignore[assignment]
 
     def on_body(self, body: bytes) -> None:
         """Collects a fast-lane request's body (uvicorn's path otherwise)."""
+        if not self.body_fits(body):
+            return
         cycle: Any = self.cycle
         if type(cycle) is FastRequest and not cycle.received:
             cycle.chunks.append(body)
         else:
-            super().on_body(body)
+            HttpToolsProtocol.on_body(self, body)
 
     def on_message_complete(self) -> None:
         """Answers a fast-lane request (uvicorn's path otherwise)."""
+        if self._refused:
+            return
+        self._idle_since = None
         cycle: Any = self.cycle
         if type(cycle) is not FastRequest or cycle.received:
-            super().on_message_complete()
+            HttpToolsProtocol.on_message_complete(self)
             return
         cycle.received = True
         body = b"".join(cycle.chunks)
@@ -229,19 +240,26 @@ class FastLaneProtocol(CoalescingHttpToolsProtocol):
         self.on_response_complete()
 
 
-def fast_lane_protocol(hot: HotRoutes, token: str | None = None) -> type[FastLaneProtocol]:
+def fast_lane_protocol(
+    hot: HotRoutes, token: str | None = None, limits: Limits | None = None
+) -> type[FastLaneProtocol]:
     """A :class:`FastLaneProtocol` subclass bound to ``hot`` (pass it as uvicorn's ``http=``).
 
     Args:
         hot: the hot routes to answer in the fast lane (``TorcApp.hot``).
         token: the run token when the server checks one (``--token-file``), else None.
+        limits: the request and connection limits (defaults: :class:`Limits`'); its
+            ``idle_timeout`` is uvicorn's ``timeout_keep_alive``, set by the caller.
     """
 
     token_bytes = None if token is None else token.encode("utf-8")
+    bound_limits = limits or Limits()
 
     class BoundFastLaneProtocol(FastLaneProtocol):
         hot_routes = hot
         token = token_bytes
         joined_headers = _JoinedHeaders()
+        limits = bound_limits
+        cap = ConnectionCap(bound_limits.max_connections)
 
     return BoundFastLaneProtocol

@@ -14,6 +14,7 @@ import orjson
 
 from torc_stress.errors import ApiError
 from torc_stress.server import ops
+from torc_stress.server.checks import INT64_MAX, INT64_MIN, parse_int
 from torc_stress.server.http_io import (
     MAX_LIMIT,
     PREFIX,
@@ -61,9 +62,12 @@ def error_body(status: int, message: str) -> bytes:
 
 def _int_part(raw: str, name: str) -> int:
     try:
-        return int(raw)
+        value = int(raw)
+        if INT64_MIN <= value <= INT64_MAX:
+            return value
     except ValueError:
-        raise ApiError(400, f"path parameter {name!r} must be an integer, got {raw!r}") from None
+        pass
+    return parse_int(raw, f"path parameter {name!r}")  # raises the 400 that names it
 
 
 def _json(raw: bytes) -> Any:
@@ -306,9 +310,4 @@ class HotRoutes:
 
 
 def _query_int(name: str, value: str) -> int:
-    try:
-        return int(value)
-    except ValueError:
-        raise ApiError(
-            400, f"query parameter {name!r} must be an integer, got {value!r}"
-        ) from None
+    return parse_int(value, f"query parameter {name!r}")  # raises the 400 that names it

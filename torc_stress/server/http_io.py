@@ -6,10 +6,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from torc_stress.errors import ApiError
+from torc_stress.server.checks import parse_int
 from torc_stress.statuses import JobStatus
 
 PREFIX = "/torc-service/v1"
@@ -51,23 +52,16 @@ def _api_message(exc: ApiError) -> str:
 
 # -- request parsing helpers --------------------------------------------------------------------
 def path_int(request: Request, name: str) -> int:
-    """An integer path parameter, or 400."""
-    raw = request.path_params[name]
-    try:
-        return int(raw)
-    except ValueError:
-        raise ApiError(400, f"path parameter {name!r} must be an integer, got {raw!r}") from None
+    """An integer path parameter within SQLite's INTEGER range, or 400."""
+    return parse_int(request.path_params[name], f"path parameter {name!r}")
 
 
 def query_int(request: Request, name: str, default: int | None = None) -> int | None:
-    """An integer query parameter, or 400."""
+    """An integer query parameter within SQLite's INTEGER range, or 400."""
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ApiError(400, f"query parameter {name!r} must be an integer, got {raw!r}") from None
+    return parse_int(raw, f"query parameter {name!r}")
 
 
 def query_bool(request: Request, name: str, default: bool = False) -> bool:
@@ -92,7 +86,10 @@ def status_param(raw: str, what: str) -> int:
 
 async def json_body(request: Request, *, required: bool = True) -> Any:
     """The parsed JSON body; 400 if malformed, ``{}`` if empty and not required."""
-    raw = await request.body()
+    try:
+        raw = await request.body()
+    except ClientDisconnect:  # gone, or refused over a limit (protocol.py): nobody to answer
+        raise ApiError(400, "the client disconnected before sending the whole body") from None
     if not raw.strip():
         if required:
             raise ApiError(400, "the request needs a JSON body")

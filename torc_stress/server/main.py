@@ -26,6 +26,13 @@ from torc_stress.server.auth import UNAUTHORIZED_MESSAGE, authorization_header, 
 from torc_stress.server.checkpointer import Checkpointer, disable_autocheckpoint
 from torc_stress.server.fast_lane import fast_lane_protocol
 from torc_stress.server.leases import LeaseWatcher, expire_due
+from torc_stress.server.limits import (
+    Limits,
+    add_limit_arguments,
+    default_max_connections,
+    limit_settings,
+    raise_fd_limit,
+)
 from torc_stress.server.metrics import Metrics
 from torc_stress.server.state import ServerState
 from torc_stress.server.store import ReadPool, create_schema, open_writer_connection
@@ -51,6 +58,18 @@ class ServerSettings:
     lock_error_after: float = 45.0
     token_file: Path | None = None
     lease_s: float = 5.0
+    max_body_bytes: int = Limits.max_body_bytes
+    max_header_bytes: int = Limits.max_header_bytes
+    max_headers: int = Limits.max_headers
+    idle_timeout: float = Limits.idle_timeout
+    max_connections: int | None = None  # None: the file descriptor limit minus a reserve
+
+    def limits(self, fd_limit: int) -> Limits:
+        """The request and connection limits (raises ConfigError for a bad value)."""
+        cap = self.max_connections
+        return Limits(max_body_bytes=self.max_body_bytes, max_header_bytes=self.max_header_bytes,
+                      max_headers=self.max_headers, idle_timeout=self.idle_timeout,
+                      max_connections=default_max_connections(fd_limit) if cap is None else cap)
 
 
 def unblock_op(conn: sqlite3.Connection, state: ServerState) -> dict[str, Any]:
@@ -114,6 +133,8 @@ def serve(settings: ServerSettings) -> int:
         raise ConfigError(
             "--unblock-delay and --lease-s must be >= 0 and --lock-error-after > 0"
         )
+    fd_limit = raise_fd_limit()
+    limits = settings.limits(fd_limit)
     token = None
     if settings.token_file is not None:
         token = Path(settings.token_file).read_text(encoding="utf-8").strip()
@@ -167,7 +188,9 @@ def serve(settings: ServerSettings) -> int:
     sys.stdout.flush()
     logger.info("server listening", extra=kv(host=settings.host, port=port, database=db_path,
                                              unblock_delay=settings.unblock_delay,
-                                             lease_s=settings.lease_s))
+                                             lease_s=settings.lease_s,
+                                             max_connections=limits.max_connections,
+                                             fd_limit=fd_limit))
 
     stop_metrics = threading.Event()
     metrics_thread = None
@@ -185,9 +208,10 @@ def serve(settings: ServerSettings) -> int:
         metrics_thread = threading.Thread(target=dump_loop, name="metrics", daemon=True)
         metrics_thread.start()
 
-    config = uvicorn.Config(app, loop="uvloop", http=fast_lane_protocol(torc_app.hot, token),
-                            log_config=None,
-                            access_log=False, lifespan="off", timeout_keep_alive=30,
+    config = uvicorn.Config(app, loop="uvloop",
+                            http=fast_lane_protocol(torc_app.hot, token, limits),
+                            log_config=None, access_log=False, lifespan="off",
+                            timeout_keep_alive=limits.idle_timeout,  # type: ignore[arg-type]
                             backlog=1024, proxy_headers=False)
     server = uvicorn.Server(config)
     # uvicorn re-raises the captured signal after its graceful shutdown; with these no-op
@@ -236,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lease-s", type=float, default=5.0,
                         help="seconds a compute node that heartbeats may miss heartbeats before "
                         "its jobs go back to ready (0: no leases; default 5)")
+    add_limit_arguments(parser)
     return parser
 
 
@@ -245,7 +270,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
                           log_level=args.log_level, log_file=args.log_file,
                           metrics_file=args.metrics_file, unblock_delay=args.unblock_delay,
                           lock_error_after=args.lock_error_after, token_file=args.token_file,
-                          lease_s=args.lease_s)
+                          lease_s=args.lease_s, **limit_settings(args))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from torc_stress.errors import ApiError, NotFoundError
+from torc_stress.server.checks import checked_number
 from torc_stress.server.state import (
     ServerState,
 )
@@ -74,9 +75,11 @@ def _get(
         if required:
             raise _bad(f"missing required field {key!r}")
         return default
-    if kind is int and isinstance(value, bool) or not isinstance(value, kind):
+    if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
         names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
         raise _bad(f"field {key!r} must be {names}, got {type(value).__name__}")
+    if type(value) is int or type(value) is float:
+        return checked_number(value, key)
     return value
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from torc_stress.errors import ApiError, ConflictError
+from torc_stress.server.checks import checked_result
 from torc_stress.server.ops_common import (
     _COMPLETION_TARGETS,
     _bad,
@@ -74,7 +75,7 @@ def _well_formed(body: Any) -> bool:
 def validate_result(body: Any) -> dict[str, Any]:
     """Checks a ``result_model`` body (pure; raises ApiError 422)."""
     if _well_formed(body):
-        return body
+        return checked_result(body)
     if not isinstance(body, dict):
         raise _bad("the body must be a result_model object")
     for key in ("job_id", "workflow_id", "run_id", "compute_node_id", "return_code"):
@@ -86,7 +87,7 @@ def validate_result(body: Any) -> dict[str, Any]:
         JobStatus.from_wire(status)
     except ValueError as exc:
         raise _bad(str(exc)) from None
-    return body
+    return checked_result(body)
 
 
 def check_completion(
@@ -294,7 +295,8 @@ def _check_entry(
     if not isinstance(job_id, int) or isinstance(job_id, bool):
         raise _bad("job_id must be an integer")
     run_id = entry.get("run_id")
-    status = _STATUS_BY_WIRE.get(entry.get("status"))  # type: ignore[arg-type]
+    status_raw = entry.get("status")
+    status = _STATUS_BY_WIRE.get(status_raw) if type(status_raw) is str else None
     if type(run_id) is not int or status is None:
         run_id = _get(entry, "run_id", int, required=True)
         status_text = _get(entry, "status", str, required=True)

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from torc_stress.errors import ConflictError
+from torc_stress.server.checks import gib_to_bytes
 from torc_stress.server.ops_common import (
     _bad,
     _get,
@@ -244,7 +245,7 @@ def claim_jobs_based_on_resources(
         return {"jobs": [], "reason": "Workflow is canceled"}
     if limit <= 0:
         return {"jobs": []}
-    left = {"cpus": cpus, "mem": int(mem * 1024**3), "gpus": gpus, "nodes": nodes}
+    left = {"cpus": cpus, "mem": gib_to_bytes(mem, "memory_gb"), "gpus": gpus, "nodes": nodes}
     rr = st.rr
 
     def accept(j: int, jm: JobMem) -> bool | None:

@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from torc_stress.server.checks import shown
 from torc_stress.statuses import JobStatus
 
 SCHEMA = """
@@ -156,9 +157,12 @@ def memory_bytes(text: str) -> int:
     """
     match = _MEMORY_RE.match(text)
     if not match:
-        raise ValueError(f"bad memory {text!r}; use a number with k, m, g or t, e.g. '100m'")
+        raise ValueError(f"bad memory {shown(text)}; use a number with k, m, g or t, e.g. '100m'")
     power = " kmgt".index(match.group(2).lower() or " ")
-    return int(float(match.group(1)) * 1024**power)
+    size = float(match.group(1)) * 1024**power
+    if not size < 2**63:  # also True for inf: SQLite stores no more
+        raise ValueError(f"memory {shown(text)} is too large")
+    return int(size)
 
 
 def duration_seconds(text: str) -> int:
@@ -169,9 +173,12 @@ def duration_seconds(text: str) -> int:
     """
     match = _DURATION_RE.match(text.strip().upper())
     if not match or text.strip().upper() in ("P", "PT"):
-        raise ValueError(f"bad duration {text!r}; use ISO-8601, e.g. 'PT1M' or 'P0DT2H'")
+        raise ValueError(f"bad duration {shown(text)}; use ISO-8601, e.g. 'PT1M' or 'P0DT2H'")
     days, hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
-    return int(days * 86400 + hours * 3600 + minutes * 60 + seconds)
+    total = days * 86400 + hours * 3600 + minutes * 60 + seconds
+    if not total < 2**63:  # also True for inf: SQLite stores no more
+        raise ValueError(f"duration {shown(text)} is too long")
+    return int(total)
 
 
 def open_writer_connection(path: Path, busy_timeout_ms: int = 50) -> sqlite3.Connection:

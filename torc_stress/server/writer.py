@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 from torc_stress.errors import ApiError
 from torc_stress.logs import kv
+from torc_stress.server.disk_full import DiskFull, is_full_error
 from torc_stress.server.metrics import Metrics
 
 logger = logging.getLogger(__name__)
@@ -44,6 +45,10 @@ class _Refused(Exception):  # noqa: N818 - internal signal: the batch got 503s, 
 
 class _Dirty(Exception):  # noqa: N818 - internal signal: roll the whole transaction back
     """An op without a SAVEPOINT failed after it had written."""
+
+
+class _Full(Exception):  # noqa: N818 - internal signal: abandon the whole transaction
+    """SQLITE_FULL: SQLite may have rolled the transaction back already; no op is stored."""
 
 
 class BatchHooks(Protocol):
@@ -125,6 +130,7 @@ class Writer:
         self._exec_lock = threading.Lock()
         self._stopped = False
         self._foreign_keys = True  # as the connection was opened
+        self._full = DiskFull()
         conn.execute("PRAGMA busy_timeout=0")
 
     @property
@@ -349,13 +355,21 @@ class Writer:
         except _Dirty:
             self._abandon(batch, "an operation failed half-way")
             return
+        except _Full as full:
+            self._abandon(batch, error=self._full.failed(len(batch), full.__cause__ or full))
+            return
         try:
             hooks.end_of_batch(conn)
             conn.execute("COMMIT")
         except Exception as exc:
+            if is_full_error(exc):
+                self._abandon(batch, error=self._full.failed(len(batch), exc))
+                return
             logger.exception("transaction failed; rolling back", extra=kv(ops=len(batch)))
             self._abandon(batch, str(exc))
             return
+        if self._full.since is not None:
+            self._full.recovered()
         hold_ms = (time.perf_counter() - tx_start) * 1000
         hooks.after_commit()
         with metrics.lock:
@@ -380,6 +394,8 @@ class Writer:
         try:
             op.result = op.fn(conn, *op.args)
         except Exception as exc:  # noqa: BLE001 - one op must not poison the batch
+            if is_full_error(exc):
+                raise _Full from exc
             conn.execute("ROLLBACK TO op")
             conn.execute("RELEASE op")
             op.error = _op_error(op, exc)
@@ -393,6 +409,8 @@ class Writer:
         try:
             op.result = op.fn(conn, *op.args)
         except Exception as exc:  # noqa: BLE001 - one op must not poison the batch
+            if is_full_error(exc):
+                raise _Full from exc
             if conn.total_changes != before:
                 logger.error("write op failed after it wrote; rolling the batch back",
                              extra=kv(op=op.kind, error=str(exc)))
@@ -412,6 +430,8 @@ class Writer:
         try:
             outcomes = merged(conn, [op.args for op in group])
         except Exception as exc:
+            if is_full_error(exc):
+                raise _Full from exc
             if conn.total_changes != before:
                 logger.error("merged write ops failed after they wrote; rolling the batch back",
                              extra=kv(op=group[0].kind, ops=len(group), error=str(exc)))
@@ -430,14 +450,19 @@ class Writer:
             op.result = result
             op.error = error
 
-    def _abandon(self, batch: list[Op], reason: str) -> None:
-        """Rolls the transaction back, reloads memory, and answers every op with a 503."""
+    def _abandon(self, batch: list[Op], reason: str = "", error: ApiError | None = None) -> None:
+        """Rolls the transaction back, reloads memory, and answers every op with a 503.
+
+        ``error`` is that 503 when given, else one saying ``reason`` and to retry.
+        """
         conn = self.conn
-        if conn.in_transaction:
+        if conn.in_transaction:  # SQLite itself may have rolled back (SQLITE_FULL)
             conn.execute("ROLLBACK")
+        if error is None:
+            error = ApiError(503, f"the write was not stored ({reason}); retry the request")
         for op in batch:
             op.result = None
-            op.error = ApiError(503, f"the write was not stored ({reason}); retry the request")
+            op.error = error
         self._hooks.after_rollback(conn)
 
     def _resolve(self, batch: list[Op]) -> None:
