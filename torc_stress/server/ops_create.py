@@ -48,7 +48,9 @@ def validate_whole(body: Any) -> tuple[dict[str, Any], list[dict[str, Any]], lis
         raise _bad("'resource_requirements' must be a list of objects")
     if not isinstance(levels, list) or not all(isinstance(level, list) for level in levels):
         raise _bad("'levels' must be a list of lists of job objects")
-    rr_names = {r.get("name") for r in requirements} | {"default"}
+    if not all(isinstance(r.get("name"), str) for r in requirements):
+        raise _bad("every resource requirement needs a string 'name'")
+    rr_names = {r["name"] for r in requirements} | {"default"}
     seen: set[str] = set()
     total = 0
     for depth, level in enumerate(levels):
@@ -60,10 +62,11 @@ def validate_whole(body: Any) -> tuple[dict[str, Any], list[dict[str, Any]], lis
             if name in seen or name in names_here:
                 raise _bad(f"job {name!r} appears twice")
             ups = job.get("depends_on", [])
-            if not isinstance(ups, list) or any(up not in seen for up in ups):
+            if not isinstance(ups, list) or any(not isinstance(up, str) or up not in seen
+                                                for up in ups):
                 raise _bad(f"job {name!r}: depends_on must name jobs of earlier levels")
             rr = job.get("resource_requirements")
-            if rr is not None and rr not in rr_names:
+            if rr is not None and (not isinstance(rr, str) or rr not in rr_names):
                 raise _bad(f"job {name!r}: no resource requirements named {rr!r}")
             names_here.add(name)
         seen |= names_here
