@@ -461,8 +461,10 @@ class Worker(ClaimerMixin, ReporterMixin):
         abandoned = set(self.running)
         for running in list(self.running.values()):
             self._reap(running)
-        dropped = len(self.claimed)
-        self.claimed.clear()
+        dropped = 0
+        while self.claimed:  # (one by one: the claimer may be appending meanwhile)
+            self.claimed.popleft()
+            dropped += 1
         self._release(dropped)
         with self._reports_cv:
             keep = [r for r in self._reports if r.kind != "start" or r.job_id not in abandoned]
