@@ -153,3 +153,20 @@ def test_a_fault_prints_one_line_when_injected_ended_or_failed(event: str, expec
     record = FaultRecord(PlannedFault(parse_fault("partition:w2:5@stage2"), "sigstop", "w2"),
                          targets=[11, 12], error="w2: no worker")
     assert tasks.format_fault(record, event) == expected
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ("kill-worker:ghost:1@stage1", "host 'ghost' is not in the inventory"),
+    ("restart-server@stage3", "the workflow has 2 stage(s) (stage1..stage2), no stage3"),
+])
+def test_a_fault_that_does_not_fit_the_run_exits_2_before_any_host_is_touched(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spec: str, message: str) -> None:
+    from torc_stress.cluster import harness
+
+    monkeypatch.setattr(harness.Harness, "connections",
+                        lambda self: pytest.fail("a host was touched"))
+    with pytest.raises(Exit) as info:
+        tasks.cluster_run(context(), stages="2", jobs_per_stage="3", runs_root=str(tmp_path),
+                          fault=[spec])
+    assert info.value.code == 2
+    assert message in str(info.value.message) and spec in str(info.value.message)
