@@ -370,3 +370,23 @@ def test_a_partition_still_on_when_the_run_ends_is_ended_before_the_stop(
     assert fault["ended_at"] - fault["injected_at"] < 10
     assert record["phases"]["stop"]["seconds"] < record["settings"]["stop_grace_s"]
     assert [n for n, pid in run_pids(record["run_id"]).items() if not gone(pid)] == []
+
+
+def test_sigterm_during_a_partition_ends_it_then_stops_every_process(tmp_path: Path) -> None:
+    proc = start_cluster_run("--stages", "2", "--jobs-per-stage", "3000", "--fault",
+                             "partition:localhost:600@1s", "--runs-root", str(tmp_path),
+                             "--no-report")
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if "fault partition:localhost:600@1s: injected" in line:
+                break
+        proc.send_signal(signal.SIGTERM)
+    finally:
+        out, err = finish(proc)
+    assert proc.returncode == 143, out[-3000:] + err[-3000:]
+    record = json.loads((only_run_dir(tmp_path) / "run.json").read_text())
+    [fault] = record["faults"]
+    assert fault["error"] is None and fault["ended_at"] - fault["injected_at"] < 30
+    assert record["phases"]["stop"]["seconds"] < record["settings"]["stop_grace_s"]
+    assert [n for n, pid in run_pids(record["run_id"]).items() if not gone(pid)] == []
