@@ -42,8 +42,8 @@ def _exits() -> Iterator[None]:
         yield
     except StressError as exc:
         raise Exit(f"error: {exc}", code=exc.exit_code) from None
-    except KeyboardInterrupt:
-        raise Exit("interrupted", code=130) from None
+    except KeyboardInterrupt as exc:  # a RunInterrupted knows its signal (128 + number)
+        raise Exit("interrupted", code=getattr(exc, "exit_code", 130)) from None
 
 
 def _print_event(event: Any) -> None:
@@ -69,6 +69,25 @@ def format_progress(snap: Any) -> str:
 
 def _print_progress(snap: Any) -> None:
     print(format_progress(snap), flush=True)
+
+
+def format_fault(record: Any, event: str) -> str:
+    """One line when a fault is injected, ends or fails."""
+    method, spec = record.planned.method, record.planned.spec.spec
+    targets = " ".join(str(t) for t in record.targets)
+    if event == "injected":
+        what = {"sigkill": "SIGKILL", "restart": "SIGKILL server", "link-down": "link down",
+                "sigstop": "SIGSTOP"}[method]
+        return f"fault {spec}: injected: {what} {targets}"
+    if event == "ended":
+        how = {"sigkill": "", "restart": " (the restarted server answers)",
+               "link-down": f" (link {targets} up)", "sigstop": f" (SIGCONT {targets})"}[method]
+        return f"fault {spec}: ended{how}"
+    return f"fault {spec}: FAILED: {record.error}"
+
+
+def _print_fault(record: Any, event: str) -> None:
+    print(format_fault(record, event), flush=True)
 
 
 def format_summary(outcome: Any) -> str:
@@ -123,7 +142,7 @@ def _new_run_id() -> str:
 # -------------------------------------------------------------------------------------- tasks
 
 
-@task(help={
+@task(iterable=["fault"], help={
     "inventory": INVENTORY_HELP,
     "workflow": "workflow spec (default: workflows/database_contention.yaml, the seed's 5x1000)",
     "stages": "generate the contention workflow with this many stages (with --jobs-per-stage)",
@@ -135,13 +154,16 @@ def _new_run_id() -> str:
     "run_dir": "use exactly this (new or empty) run directory instead of runs/<run-id>/",
     "report": "run `torc-stress report` on the run directory at the end (--no-report: skip)",
     "on_unreachable": "abort (default, exit 4) or continue without unreachable worker hosts",
+    "fault": "inject a fault, KIND[:ARGS]@TRIGGER (repeatable): kill-worker:HOST:N, "
+             "restart-server, partition:HOST:SECONDS; TRIGGER stageN (half of its jobs "
+             "completed) or SECONDSs (after the workers started)",
 })
 def cluster_run(c: Context, inventory: str | None = None, workflow: str | None = None,
                 stages: int | None = None, jobs_per_stage: int | None = None,
                 workers_per_host: int | None = None, max_parallel_jobs: int | None = None,
                 deadline: float | None = None, runs_root: str | None = None,
                 run_dir: str | None = None, report: bool = True,
-                on_unreachable: str | None = None) -> None:
+                on_unreachable: str | None = None, fault: list[str] | None = None) -> None:
     """Deploy, start the server and workers, run the workflow, watch it, stop, gather, report."""
     from torc_stress.cluster.run import cluster_run as run
 
@@ -150,14 +172,17 @@ def cluster_run(c: Context, inventory: str | None = None, workflow: str | None =
             c, inventory=inventory, workflow=workflow, stages=stages,
             jobs_per_stage=jobs_per_stage, workers_per_host=workers_per_host,
             max_parallel_jobs=max_parallel_jobs, deadline=deadline, runs_root=runs_root,
-            run_dir=run_dir, report=None if report else False, on_unreachable=on_unreachable)
+            run_dir=run_dir, report=None if report else False, on_unreachable=on_unreachable,
+            faults=list(fault) if fault else None)
         outcome = run(settings, on_progress=_print_progress, on_event=_print_event,
-                      on_playbook=_print_recap)
+                      on_playbook=_print_recap, on_fault=_print_fault)
     print(format_summary(outcome), flush=True)
     report_code = 0
-    if settings.report and outcome.workflow_id is not None:
+    if settings.report and outcome.workflow_id is not None and outcome.gathered:
         print(flush=True)
         report_code = _run_report(outcome.run_dir)
+    elif settings.report and outcome.workflow_id is not None:
+        print("(a second stop signal skipped the gather: no report)", flush=True)
     if outcome.exit_code:
         raise Exit(f"cluster-run: {outcome.outcome}: {outcome.message}", code=outcome.exit_code)
     if report_code:

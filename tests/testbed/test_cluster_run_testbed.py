@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import sqlite3
 import subprocess
@@ -114,3 +115,50 @@ def test_a_host_whose_key_changed_is_refused_naming_the_host_and_known_hosts(
     assert "wrk" in proc.stdout
     assert str((config.state_dir / "known_hosts").resolve()) in proc.stdout
     assert "Traceback" not in proc.stderr
+
+
+def link_is_up(link: str) -> bool:
+    """Whether ``link`` is administratively up (``UP`` among its flags)."""
+    out = subprocess.run(["ip", "-o", "link", "show", link], capture_output=True, text=True,
+                         check=True).stdout
+    return "UP" in out.split("<", 1)[1].split(">", 1)[0].split(",")
+
+
+@pytest.fixture
+def worker2_link(testbed: tb.Testbed) -> Iterator[str]:
+    """worker2's link; put back up afterwards whatever happened (the session testbed goes on)."""
+    link = testbed.plan.host("worker2").veth
+    try:
+        yield link
+    finally:
+        subprocess.run(["ip", "link", "set", link, "up"], check=False)
+
+
+@pytest.mark.timeout(1200)
+def test_a_partition_takes_the_testbed_hosts_link_down_for_its_seconds_and_the_run_completes(
+        testbed: tb.Testbed, worker2_link: str, tmp_path: Path) -> None:
+    proc = invoke("cluster-run", "--inventory", "inventory/testbed.yml", "--stages", "3",
+                  "--jobs-per-stage", "300", "--fault", "partition:worker2:5@stage2",
+                  "--runs-root", str(tmp_path), "--no-report")
+    assert link_is_up(worker2_link)  # before the fixture's own clean-up: the harness restored it
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    [run_dir] = [p for p in tmp_path.iterdir() if p.is_dir()]
+    record = json.loads((run_dir / "run.json").read_text())
+    [fault] = record["faults"]
+    assert (fault["method"], fault["targets"], fault["error"]) == ("link-down", [worker2_link],
+                                                                   None)
+    down_at, up_at = fault["injected_at"], fault["ended_at"]
+    assert 5.0 <= up_at - down_at < 15.0
+    assert f"fault partition:worker2:5@stage2: ended (link {worker2_link} up)" in proc.stdout
+    assert record["outcome"] == "completed"
+    with closing(sqlite3.connect(run_dir / "hosts" / testbed.server.name / "server.db")) as db:
+        def worker2_completions(after: float, before: float) -> int:
+            return int(db.execute(
+                "SELECT COUNT(*) FROM result r JOIN job j ON j.id = r.job_id JOIN compute_node cn "
+                "ON cn.id = r.compute_node_id WHERE cn.hostname = 'worker2' AND j.end_time > ? "
+                "AND j.end_time < ?", (after, before)).fetchone()[0])
+
+        # NOTE: server and controller share this machine's clock
+        assert worker2_completions(down_at + 0.5, up_at - 0.5) == 0
+        assert worker2_completions(up_at, math.inf) > 0
+    assert processes_under(testbed.config.work_root.resolve()) == []

@@ -64,3 +64,25 @@ def test_the_server_port_is_read_from_the_registered_result() -> None:
     with pytest.raises(RunAborted, match="server.out") as info:
         registered_port(PlaybookResult(registered={"srv": {}}), "srv")
     assert info.value.exit_code == 2
+
+
+@pytest.mark.parametrize(("lease", "flag"), [(None, None), ("2", "--lease-s 2"),
+                                             ("0", "--lease-s 0")])
+def test_the_server_gets_lease_s_only_when_the_lease_setting_is_given(
+        tmp_path: Path, lease: str | None, flag: str | None) -> None:
+    from torc_stress.cluster.harness import Harness
+    from torc_stress.cluster.settings import settings_from_config
+    from torc_stress.cluster.transport import ConnectionCache, FakeTransport
+
+    settings = settings_from_config({}, {"lease": lease, "runs_root": str(tmp_path)},
+                                    project_root=ROOT)
+    def answer(command: str) -> tuple[int, str, str]:
+        return (1, "", "") if command.startswith("test -e") else (0, "8080\n", "")
+
+    fake = FakeTransport(answer, host="localhost")
+    harness = Harness(settings, run_id="R1")
+    harness.play("start_server", ConnectionCache(factory=lambda host: fake))
+    [start] = [c[1] for c in fake.calls if c[0] == "run" and "server run" in c[1]]
+    assert ("--lease-s" in start) is (flag is not None)
+    if flag:
+        assert flag in start

@@ -81,10 +81,40 @@ def test_a_non_empty_run_dir_is_refused(tmp_path: Path) -> None:
 
 
 def test_the_record_for_run_json_holds_plain_values_only() -> None:
-    record = build(stages=2, jobs_per_stage=5).to_record()
+    record = build(stages=2, jobs_per_stage=5, faults=["restart-server@stage2"]).to_record()
     assert record["stages"] == 2
-    assert all(isinstance(v, (str, int, float, bool, dict, type(None))) for v in record.values())
+    assert record["faults"] == ["restart-server@stage2"]
+    assert all(isinstance(v, (str, int, float, bool, dict, list, type(None)))
+               for v in record.values())
 
 
 def test_every_default_is_a_plain_type_invoke_can_cast_env_vars_to() -> None:
-    assert all(isinstance(v, (str, int, float, bool)) for v in DEFAULTS.values())
+    # NOTE: faults is a list: invoke.yaml and --fault set it; env vars cannot hold lists
+    assert all(isinstance(v, (str, int, float, bool)) for k, v in DEFAULTS.items()
+               if k != "faults")
+    assert DEFAULTS["faults"] == []
+
+
+@pytest.mark.parametrize(("config", "overrides", "specs"), [
+    ({}, {}, []),
+    ({"faults": ["restart-server@stage2"]}, {}, ["restart-server@stage2"]),
+    ({"faults": ["restart-server@stage2"]}, {"faults": ["kill-worker:a:1@3s"]},
+     ["kill-worker:a:1@3s"]),
+], ids=["none", "from-invoke-yaml", "flags-replace-the-config-list"])
+def test_faults_come_from_the_config_list_or_the_flags(config: dict, overrides: dict,
+                                                       specs: list[str]) -> None:
+    assert [f.spec for f in build(config, **overrides).faults] == specs
+
+
+def test_a_bad_fault_spec_in_the_settings_is_a_config_error_with_exit_code_2() -> None:
+    with pytest.raises(ConfigError, match="unknown kind 'boom'") as info:
+        build(faults=["boom@stage1"])
+    assert info.value.exit_code == 2
+
+
+def test_a_lease_is_passed_only_when_set_and_must_not_be_negative() -> None:
+    assert build().lease_s is None
+    assert build({"lease": 2}).lease_s == 2.0
+    assert build(lease="0").lease_s == 0.0
+    with pytest.raises(ConfigError, match="setting lease"):
+        build(lease=-1)

@@ -157,6 +157,7 @@ class Harness:
             "max_parallel_jobs": s.max_parallel_jobs,
             "workers_per_host": s.workers_per_host,
             "stop_grace_s": int(max(1, round(s.stop_grace_s))),
+            "lease_s": "" if s.lease_s is None else f"{s.lease_s:g}",
             "wheelhouse_tarball": "",
             "wheelhouse_digest": "none",
         }

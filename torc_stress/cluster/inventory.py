@@ -255,6 +255,8 @@ _CHECKS: dict[str, tuple[Any, str]] = {
     "torc_workers": (lambda v: type(v) is int and v >= 1, "an integer >= 1"),
     "torc_root": (lambda v: isinstance(v, str) and v, "a directory path"),
     "torc_port": (lambda v: type(v) is int and 0 <= v < 65536, "an integer port"),
+    "testbed_link": (lambda v: isinstance(v, str) and v, "a network interface name"),
+    "testbed_namespace": (lambda v: isinstance(v, str) and v, "a network namespace name"),
 }
 
 

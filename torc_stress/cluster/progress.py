@@ -22,12 +22,14 @@ FINISHED_NAMES = frozenset(status.wire for status in FINISHED)
 
 @dataclass(frozen=True)
 class DepthProgress:
-    """Progress of the jobs at one dependency depth."""
+    """Progress of the jobs at one dependency depth (``done``: any done status; ``completed``:
+    status completed only)."""
 
     depth: int
     total: int
     done: int
     label: str = ""
+    completed: int = 0
 
     @property
     def name(self) -> str:
@@ -113,7 +115,8 @@ def parse_depths(by_depth: Sequence[Mapping[str, Any]],
     depths = [
         DepthProgress(depth=int(d["depth"]), total=int(d["total"]),
                       done=count_done(d.get("counts") or {}),
-                      label=labels.get(int(d["depth"]), ""))
+                      label=labels.get(int(d["depth"]), ""),
+                      completed=int((d.get("counts") or {}).get("completed", 0)))
         for d in by_depth
     ]
     return tuple(sorted(depths, key=lambda d: d.depth))

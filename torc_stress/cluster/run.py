@@ -10,8 +10,12 @@ The phases, in order (each timed into ``run.json``):
 4. *create*: create the workflow from the controller (``submit_plan``).
 5. *start_workers*: ``playbooks/start_workers.yml`` on every worker host in parallel.
 6. *run*: poll ``/workflows/{id}/progress`` until the workflow completes or the deadline passes.
-7. *stop* and *gather*, always (also after a failure or Ctrl-C): ``playbooks/stop.yml``, then
-   ``playbooks/gather.yml``, and the fetched tarballs are unpacked into ``hosts/<host>/``.
+7. *stop* and *gather*, always (also after a failure, Ctrl-C, SIGTERM or SIGHUP; see
+   :mod:`torc_stress.cluster.interrupts`): faults still on are ended, ``playbooks/stop.yml``,
+   then ``playbooks/gather.yml``, and the fetched tarballs are unpacked into ``hosts/<host>/``.
+
+Faults (``--fault``, :mod:`torc_stress.cluster.faults`) are planned with the inventory and the
+workflow before any host is touched, and injected from the run-watching loop.
 
 Policy for unreachable hosts (``on_unreachable``): ``abort`` stops the run (exit code 4);
 ``continue`` goes on without them as long as the server host and one worker host answer.
@@ -22,8 +26,11 @@ from __future__ import annotations
 import getpass
 import json
 import logging
+import math
+import os
 import platform
 import secrets
+import signal
 import time
 from collections.abc import Callable, Mapping
 from contextlib import suppress
@@ -36,9 +43,16 @@ import torc_stress
 from torc_stress.client import TorcClient
 from torc_stress.cluster import gather
 from torc_stress.cluster.executor import PlaybookResult
+from torc_stress.cluster.faults import (
+    CONTROLLER,
+    FaultCallback,
+    FaultInjector,
+    FaultRecord,
+    plan_faults,
+    stage_depths,
+)
 from torc_stress.cluster.harness import (
     EXIT_FAILED,
-    EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_PLAYBOOK,
     EXIT_UNREACHABLE,
@@ -52,10 +66,11 @@ from torc_stress.cluster.harness import (
     run_step,
     server_url,
 )
+from torc_stress.cluster.interrupts import RunInterrupted, StopSignals, signal_name
 from torc_stress.cluster.inventory import Host
 from torc_stress.cluster.progress import ProgressSnapshot, ProgressTracker, depth_labels
 from torc_stress.cluster.settings import RunSettings
-from torc_stress.cluster.transport import ConnectionCache
+from torc_stress.cluster.transport import ConnectionCache, LocalTransport, Transport
 from torc_stress.errors import ServerUnavailable, StressError
 from torc_stress.spec import WorkflowPlan, expand, load_spec
 from torc_stress.workflows import contention_workflow, write_workflow
@@ -67,6 +82,10 @@ log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[ProgressSnapshot], None]
 
+#: Seconds between progress polls while a fault waits for its trigger (a stage of fast jobs
+#: can pass half-way and end between two polls of poll_interval_s).
+FAULT_POLL_S = 0.1
+
 
 @dataclass
 class RunOutcome:
@@ -77,7 +96,8 @@ class RunOutcome:
         run_dir: ``runs/<run-id>/`` with ``run.json`` and ``hosts/<host>/``.
         outcome: ``completed``, ``deadline``, ``failed`` or ``interrupted``.
         exit_code: 0 completed; 1 not completed or jobs failed; 2 a playbook failed on a host;
-            4 a host was unreachable; 130 interrupted.
+            4 a host was unreachable; 128 + the signal when interrupted (130 Ctrl-C, 143
+            SIGTERM, 129 SIGHUP).
         message: one line saying why, when the run did not complete.
         workflow_id: the workflow's id on the server, once created.
         total_jobs: jobs in the workflow.
@@ -87,6 +107,7 @@ class RunOutcome:
         phases: per phase ``{"start", "end", "seconds"}`` relative to the run's start.
         unreachable: host -> reason, for hosts that could not be reached.
         playbooks: the result of each playbook run, by playbook name.
+        gathered: whether the gather ran (a second stop signal skips it).
     """
 
     run_id: str
@@ -102,6 +123,7 @@ class RunOutcome:
     phases: dict[str, dict[str, float]] = field(default_factory=dict)
     unreachable: dict[str, str] = field(default_factory=dict)
     playbooks: dict[str, PlaybookResult] = field(default_factory=dict)
+    gathered: bool = False
 
 
 def make_run_dir(settings: RunSettings, run_id: str) -> Path:
@@ -161,9 +183,10 @@ class _ClusterRun(Harness):
     """One cluster run's state; :func:`cluster_run` is the public entry point."""
 
     def __init__(self, settings: RunSettings, on_progress: ProgressCallback | None,
-                 on_event: EventCallback | None, on_playbook: PlaybookCallback | None) -> None:
+                 on_event: EventCallback | None, on_playbook: PlaybookCallback | None,
+                 on_fault: FaultCallback | None = None) -> None:
         super().__init__(settings, on_event=on_event, on_playbook=on_playbook)
-        self.on_progress = on_progress
+        self.on_progress, self.on_fault = on_progress, on_fault
         self.clock = _Clock()
         make_run_dir(settings, self.run_id)
         self.outcome = RunOutcome(self.run_id, self.run_dir)
@@ -172,8 +195,16 @@ class _ClusterRun(Harness):
         self.outcome.total_jobs = len(self.plan.jobs)
         self.started_hosts = False
         self.url: str | None = None
+        self.port = 0
         self.workers_started: float | None = None
         self.tracker = ProgressTracker(labels=depth_labels(self.plan.levels))
+        self.fault_plan = plan_faults(
+            settings.faults, self.inventory,
+            stages=stage_depths(self.plan.levels, {j.name: j.depends_on for j in self.plan.jobs}),
+            default_root=str(self.extra_vars["torc_default_root"]), run_id=self.run_id,
+            link_exists=_controller_link)
+        self.injector: FaultInjector | None = None
+        self.signals = StopSignals()
         # NOTE: the token goes to the hosts only as file content; it is not in run.json or logs.
         self.token = secrets.token_urlsafe(24) if settings.require_token else None
         if self.token:
@@ -232,7 +263,8 @@ class _ClusterRun(Harness):
         self.started_hosts = True
         result = self.timed("start_server", "start_server", connections)
         server = self.inventory.server
-        self.url = server_url(server, registered_port(result, server.name))
+        self.port = registered_port(result, server.name)
+        self.url = server_url(server, self.port)
         client = TorcClient(self.url, token=self.token, timeout=30.0)
         self.clock.begin("server_ready")
         wait_for_server(client, self.settings.server_timeout_s)
@@ -250,8 +282,29 @@ class _ClusterRun(Harness):
         # NOTE: progress and the deadline count from here: over SSH the first workers are
         # already running jobs before the playbook returns.
         self.workers_started = time.monotonic()
+        self.injector = self.fault_injector(connections) if self.fault_plan else None
         self.timed("start_workers", "start_workers", connections,
                    server_url=self.url, workflow_id=workflow_id)
+
+    def fault_injector(self, connections: ConnectionCache) -> FaultInjector:
+        """The executor of the run's faults, over the run's own connections."""
+        controller = LocalTransport(CONTROLLER)
+
+        def transport_for(host: str) -> Transport:
+            return controller if host == CONTROLLER else connections.get(self.inventory.hosts[host])
+
+        def server_answers() -> bool:
+            try:
+                with TorcClient(str(self.url), token=self.token, timeout=5.0) as client:
+                    client.ping()
+                return True
+            except StressError:
+                return False
+
+        return FaultInjector(self.fault_plan, transport_for=transport_for, port=self.port,
+                             server_answers=server_answers,
+                             ready_timeout_s=self.settings.server_timeout_s,
+                             on_fault=self.on_fault)
 
     def watch(self, client: TorcClient, workflow_id: int) -> str:
         """Polls progress until complete or the deadline; returns the outcome."""
@@ -259,6 +312,7 @@ class _ClusterRun(Harness):
         started = self.workers_started or time.monotonic()
         deadline = started + self.settings.deadline_s
         failures_since: float | None = None
+        shown = -math.inf
         try:
             while True:
                 now = time.monotonic()
@@ -270,16 +324,27 @@ class _ClusterRun(Harness):
                     if now - failures_since > self.settings.server_timeout_s:
                         raise RunAborted(f"lost the server during the run: {exc}") from exc
                     snap = None
-                if snap is not None and self.on_progress is not None:
+                if self.injector is not None:
+                    self.injector.poll(snap, now - started)
+                finished = snap is not None and snap.finished
+                if snap is not None and self.on_progress is not None and (
+                        finished or now - shown >= self.settings.poll_interval_s * 0.99):
                     self.on_progress(snap)
-                if snap is not None and snap.finished:
+                    shown = now
+                if snap is not None and finished:
                     return "completed" if _all_completed(snap.counts) else "failed"
                 self.check_stall(now - started)
                 if now >= deadline:
                     return "deadline"
-                time.sleep(min(self.settings.poll_interval_s, max(0.0, deadline - now)) or 0.05)
+                time.sleep(min(self.poll_interval(), max(0.0, deadline - now)) or 0.05)
         finally:
             self.clock.end("run")
+
+    def poll_interval(self) -> float:
+        """Seconds to the next poll: shorter while a fault waits for its trigger."""
+        if self.injector is not None and self.injector.pending:
+            return min(self.settings.poll_interval_s, FAULT_POLL_S)
+        return self.settings.poll_interval_s
 
     def check_stall(self, elapsed_s: float) -> None:
         stalled = self.tracker.stalled_for(elapsed_s)
@@ -290,22 +355,47 @@ class _ClusterRun(Harness):
                 "directory (raise stress.stall_timeout for workflows of long jobs)")
 
     def stop_and_gather(self, connections: ConnectionCache) -> None:
-        """Stops every process of the run, gathers artifacts; never raises a StressError."""
-        for phase, name in (("stop", "stop"), ("gather", "gather")):
-            self.clock.begin(phase)
-            try:
-                result = self.play(name, connections)
-                self.outcome.unreachable.update(result.unreachable)
-            except StressError as exc:
-                log.error("%s.yml could not run: %s", name, exc)
-            finally:
-                self.clock.end(phase)
-        self.clock.begin("unpack")
+        """Ends faults, stops every process of the run, gathers; never raises a StressError.
+
+        The stop always finishes; a second stop signal skips the gather, or ends it.
+        """
+        if self.injector is not None:
+            self.injector.stop()
+        self.step("stop", connections)
+        if self.signals.skip_gather:
+            log.warning("a second stop signal: the gather is skipped")
+            return
         try:
-            gather.unpack_host_tarballs(self.run_dir, list(self.inventory.hosts))
+            with self.signals.gathering():
+                self.step("gather", connections)
+                self.clock.begin("unpack")
+                try:
+                    gather.unpack_host_tarballs(self.run_dir, list(self.inventory.hosts))
+                except StressError as exc:
+                    log.error("%s", exc)
+                self.clock.end("unpack")
+        except RunInterrupted:
+            log.warning("a second stop signal: the gather was ended")
+            return
+        self.outcome.gathered = True
+
+    def step(self, name: str, connections: ConnectionCache) -> None:
+        """Runs the stop or gather playbook as a phase of its own; logs a failure."""
+        self.clock.begin(name)
+        try:
+            result = self.play(name, connections)
+            self.outcome.unreachable.update(result.unreachable)
         except StressError as exc:
-            log.error("%s", exc)
-        self.clock.end("unpack")
+            log.error("%s.yml could not run: %s", name, exc)
+        finally:
+            self.clock.end(name)
+
+    def note_late_signal(self) -> None:
+        """A stop signal that came only while stopping still makes the run interrupted."""
+        o, received = self.outcome, self.signals.received
+        if received and o.outcome != "interrupted":
+            o.outcome, o.exit_code = "interrupted", 128 + received[0]
+            o.message = f"stopped by {signal_name(received[0])} while stopping; {o.message}"
 
     def read_results(self) -> None:
         """Fills counts and per-host completions from the gathered database."""
@@ -365,6 +455,9 @@ class _ClusterRun(Harness):
             "counts": o.counts,
             "completed_per_host": o.completed_per_host,
             "unreachable": o.unreachable,
+            "gathered": o.gathered,
+            "faults": (self.injector.to_record() if self.injector is not None
+                       else [FaultRecord(f).to_record() for f in self.fault_plan]),
             "total_s": round(o.total_s, 3),
         }
 
@@ -375,6 +468,11 @@ class _ClusterRun(Harness):
     # ---------------------------------------------------------------- main
 
     def execute(self) -> RunOutcome:
+        """Runs every phase with the stop signals handled (see the module docstring)."""
+        with self.signals:
+            return self._execute()
+
+    def _execute(self) -> RunOutcome:
         o = self.outcome
         connections = self.connections()
         try:
@@ -391,15 +489,19 @@ class _ClusterRun(Harness):
                 o.message = "the workflow finished, but not every job completed"
         except RunAborted as exc:
             o.outcome, o.exit_code, o.message = "failed", exc.exit_code, str(exc)
-        except KeyboardInterrupt:
-            o.outcome, o.exit_code, o.message = "interrupted", EXIT_INTERRUPTED, "interrupted"
+        except KeyboardInterrupt as exc:
+            signum = exc.signum if isinstance(exc, RunInterrupted) else int(signal.SIGINT)
+            o.outcome, o.exit_code = "interrupted", 128 + signum  # 130 = EXIT_INTERRUPTED
+            o.message = f"stopped by {signal_name(signum)}"
         except StressError as exc:
             o.outcome, o.exit_code, o.message = "failed", EXIT_FAILED, str(exc)
         finally:
+            self.signals.begin_stop()
             try:
                 if self.started_hosts:
                     self.stop_and_gather(connections)
                 self.read_results()
+                self.note_late_signal()
             finally:
                 connections.close_all()
                 o.total_s = self.clock.elapsed()
@@ -410,7 +512,8 @@ class _ClusterRun(Harness):
 
 def cluster_run(settings: RunSettings, *, on_progress: ProgressCallback | None = None,
                 on_event: EventCallback | None = None,
-                on_playbook: PlaybookCallback | None = None) -> RunOutcome:
+                on_playbook: PlaybookCallback | None = None,
+                on_fault: FaultCallback | None = None) -> RunOutcome:
     """Runs the workflow on the inventory's hosts end to end; always stops and gathers.
 
     Args:
@@ -418,6 +521,7 @@ def cluster_run(settings: RunSettings, *, on_progress: ProgressCallback | None =
         on_progress: called with each progress snapshot (about every ``poll_interval_s``).
         on_event: called for each task result on each host (for host-prefixed output).
         on_playbook: called with each playbook's name and result (for the PLAY RECAP).
+        on_fault: called when a fault is injected, ends or fails (from the fault's thread).
 
     Returns:
         The outcome; ``run.json`` in ``outcome.run_dir`` records it.
@@ -426,15 +530,20 @@ def cluster_run(settings: RunSettings, *, on_progress: ProgressCallback | None =
         InventoryError: the inventory is invalid (nothing was touched).
         PlaybookError: a playbook is invalid (nothing was touched).
         SpecError: the workflow spec is invalid (nothing was touched).
-        ConfigError: a setting is invalid (nothing was touched).
+        ConfigError: a setting or a fault is invalid (nothing was touched).
     """
-    return _ClusterRun(settings, on_progress, on_event, on_playbook).execute()
+    return _ClusterRun(settings, on_progress, on_event, on_playbook, on_fault).execute()
 
 
 def _submit(client: TorcClient, plan: WorkflowPlan, *, user: str) -> int:
     from torc_stress.submit import submit_plan
 
     return submit_plan(client, plan, user=user)
+
+
+def _controller_link(name: str) -> bool:
+    """Whether this process can take the link down: it exists here and we are root."""
+    return os.geteuid() == 0 and Path("/sys/class/net", name).exists()
 
 
 def _all_completed(counts: Mapping[str, int]) -> bool:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from torc_stress.cluster.faults import FaultSpec, parse_faults
 from torc_stress.errors import ConfigError
 
 #: Where the settings live in Invoke's configuration (``c.config.stress``).
@@ -44,6 +45,8 @@ DEFAULTS: dict[str, Any] = {
     "wheelhouse_cache": "runs/.wheelhouse",
     "require_token": True,
     "stall_timeout": 120.0,
+    "faults": [],
+    "lease": "",
 }
 
 #: The project's copy of the seed workflow (5 stages x 1000 jobs).
@@ -80,6 +83,10 @@ class RunSettings:
             stuck) instead of waiting for the deadline; raise it for workflows of long jobs.
         require_token: the server requires an API token, made fresh for each run and handed to
             the hosts in 0600 files (never on a command line, never in the run directory).
+        faults: faults to inject during the run (``--fault``; see
+            :mod:`torc_stress.cluster.faults`), in the order given.
+        lease_s: the server's ``--lease-s`` (seconds a worker's lease lasts; 0 disables
+            leases); None = the server's default, and the flag is not passed.
     """
 
     project_root: Path
@@ -102,6 +109,8 @@ class RunSettings:
     wheelhouse_cache: Path = Path("runs/.wheelhouse")
     require_token: bool = True
     stall_timeout_s: float = 120.0
+    faults: tuple[FaultSpec, ...] = ()
+    lease_s: float | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -126,6 +135,9 @@ class RunSettings:
         for name in ("deadline_s", "server_timeout_s", "poll_interval_s", "stop_grace_s",
                      "stall_timeout_s"):
             _check_positive(name, getattr(self, name))
+        if self.lease_s is not None and (not math.isfinite(self.lease_s) or self.lease_s < 0):
+            raise ConfigError(f"setting lease: expected a number of seconds >= 0 (0 disables "
+                              f"leases), got {self.lease_s!r}")
         _check_choice("on_unreachable", self.on_unreachable, UNREACHABLE_POLICIES)
         _check_choice("log_level", self.log_level, LOG_LEVELS)
         if not self.inventory.is_file():
@@ -153,6 +165,7 @@ class RunSettings:
         for f in fields(self):
             value = getattr(self, f.name)
             record[f.name] = str(value) if isinstance(value, Path) else value
+        record["faults"] = [f.spec for f in self.faults]
         record["extra"] = dict(self.extra)
         return record
 
@@ -206,6 +219,8 @@ def settings_from_config(
         wheelhouse_cache=Path(str(merged["wheelhouse_cache"])),
         require_token=_as_bool("require_token", merged["require_token"]),
         stall_timeout_s=_as_float("stall_timeout", merged["stall_timeout"]),
+        faults=parse_faults(merged["faults"]),
+        lease_s=_as_float("lease", merged["lease"]) if merged["lease"] != "" else None,
     )
 
 

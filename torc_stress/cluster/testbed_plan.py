@@ -281,6 +281,9 @@ def testbed_inventory(testbed_config: TestbedConfig, inventory_dir: Path,
         if testbed_config.ssh_port != 22:
             hv["ansible_port"] = testbed_config.ssh_port
         hv["torc_root"] = str(testbed_config.work_root / h.name)
+        # NOTE: what a partition fault takes down: the host's link in this machine's namespace
+        hv["testbed_namespace"] = h.namespace
+        hv["testbed_link"] = h.veth
         if workers is not None:
             hv["torc_workers"] = workers
         return hv
