@@ -81,6 +81,8 @@ def test_a_killed_worker_whose_jobs_ran_again_passes_and_fills_the_faults_sectio
     next_end = min(j.end for j in run.jobs if j.end is not None and j.end > at)
     assert fault.recovery_s == pytest.approx(next_end - at)
     assert fault.recovery_from_end_s is None
+    assert fault.requeued_running_s == pytest.approx(min(j.start for j in victims) - at)
+    assert fault.requeued_done_s == pytest.approx(max(j.end for j in victims) - at)
     assert analysis.faults.attempts == {1: len(run.jobs) - len(victims), 2: len(victims)}
     assert analysis.faults.extra_attempts == analysis.faults.requeued_in_log == len(victims)
     assert analysis.executions.retried == tuple(sorted(j.id for j in victims))

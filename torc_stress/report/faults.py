@@ -76,6 +76,9 @@ class FaultFigures:
 
     ``recovery_s`` is injection -> the next job completion; ``recovery_from_end_s`` is the
     fault's end -> the next completion (partition and restart-server only).
+    ``requeued_running_s`` and ``requeued_done_s``: injection -> the first of the jobs it
+    re-queued running again elsewhere, and -> the last of them completed (a dead worker's
+    jobs wait for its lease to expire).
     """
 
     fault: Fault
@@ -87,6 +90,9 @@ class FaultFigures:
     recovery_from_end_s: float | None
     completed_before: int
     jobs_seen: dict[int, int]
+    #: injection -> the first re-queued job (of ``jobs_seen``) started again / the last done
+    requeued_running_s: float | None = None
+    requeued_done_s: float | None = None
 
     @property
     def attempts(self) -> dict[int, int]:
@@ -242,11 +248,13 @@ def summarize_faults(
     owner = [attribute(faults, e) for e in expiries]
     seen = jobs_requeued_by(expiries, owner, journals, jobs)
     ends = sorted(j.end_time for j in jobs if j.end_time is not None)
+    by_id = {j.id: j for j in jobs}
     leases = metrics.get("leases") if metrics else None
     return FaultsSummary(
         faults=tuple(
             _figures(f, server_host, t0, ends,
-                     tuple(e for e, o in zip(expiries, owner, strict=True) if o == i), seen[i])
+                     tuple(e for e, o in zip(expiries, owner, strict=True) if o == i), seen[i],
+                     by_id)
             for i, f in enumerate(faults)),
         expiries=expiries,
         unattributed=tuple(e for e, o in zip(expiries, owner, strict=True) if o is None),
@@ -278,9 +286,17 @@ def jobs_requeued_by(
 
 
 def _figures(fault: Fault, server_host: str, t0: float, ends: Sequence[float],
-             expiries: tuple[LeaseExpiry, ...], jobs_seen: dict[int, int]) -> FaultFigures:
+             expiries: tuple[LeaseExpiry, ...], jobs_seen: dict[int, int],
+             jobs: Mapping[int, JobRow]) -> FaultFigures:
     def rel(t: float | None) -> float | None:
         return None if t is None else t - t0
+
+    def since(times: list[float], pick: Any) -> float | None:
+        if fault.injected_at is None or not times:
+            return None
+        return pick(times) - fault.injected_at
+
+    again = [jobs[j] for j in jobs_seen if j in jobs]
 
     from_end = _next_after(ends, fault.ended_at) if fault.kind in ENDED_KINDS else None
     return FaultFigures(
@@ -294,6 +310,8 @@ def _figures(fault: Fault, server_host: str, t0: float, ends: Sequence[float],
         completed_before=sum(1 for t in ends if fault.injected_at is not None
                              and t <= fault.injected_at),
         jobs_seen=dict(sorted(jobs_seen.items())),
+        requeued_running_s=since([j.start_time for j in again if j.start_time], min),
+        requeued_done_s=since([j.end_time for j in again if j.end_time], max),
     )
 
 

@@ -164,7 +164,8 @@ def _fault(a: RunAnalysis, x: FaultFigures) -> dict[str, Any]:
             "requeued_jobs_seen": [{"job_id": j, "job": _job_name(a, j), "attempts": n}
                                    for j, n in list(x.jobs_seen.items())[:_MAX_LISTED]],
             "attempts": {str(k): v for k, v in x.attempts.items()}, "recovery_s": x.recovery_s,
-            "recovery_from_end_s": x.recovery_from_end_s}
+            "recovery_from_end_s": x.recovery_from_end_s,
+            "requeued_running_s": x.requeued_running_s, "requeued_done_s": x.requeued_done_s}
 
 
 def _job_name(a: RunAnalysis, job_id: int) -> str:

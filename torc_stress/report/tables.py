@@ -174,11 +174,13 @@ def fault_table(a: RunAnalysis) -> str:
         return "(no faults asked for)"
     rows = [[i, x.fault.spec, x.fault.kind, x.target,
              _num(x.injected_s) if x.fault.injected else "not triggered", _num(x.ended_s),
-             len(x.expiries), x.requeued, _attempts(x.attempts), _num(x.recovery_s),
-             _num(x.recovery_from_end_s), x.fault.error or ""]
+             len(x.expiries), x.requeued, _attempts(x.attempts), _num(x.requeued_running_s),
+             _num(x.requeued_done_s), _num(x.recovery_s), _num(x.recovery_from_end_s),
+             x.fault.error or ""]
             for i, x in enumerate(f.faults, start=1)]
     table = tabulate(rows, headers=["#", "spec", "kind", "target", "injected", "ended",
                                     "expired nodes", "re-queued", "attempts (jobs)",
+                                    "re-queued running again", "re-queued done",
                                     "recovery from injection", "recovery from end", "error"],
                      tablefmt=_FMT, disable_numparse=True)
     notes = [f"re-queued: the server log's 'compute node lease expired' lines, each given to the "
