@@ -43,23 +43,31 @@ def journal(out: Path) -> list[dict[str, Any]]:
             for line in path.read_bytes().splitlines()]
 
 
-def executions(out: Path) -> dict[int, list[tuple[int, float, float | None]]]:
-    """job id -> [(attempt, spawned, exited or None)] from the journals."""
+def executions(out: Path, died: dict[int, float] | None = None
+               ) -> dict[int, list[tuple[int, float, float | None]]]:
+    """job id -> [(attempt, spawned, exited or None)] from the journals.
+
+    ``died``: worker pid -> when it was SIGKILLed; its jobs without an exit line ended then
+    (the jobs are near-instant echo commands).
+    """
     runs: dict[int, list[tuple[int, float, float | None]]] = defaultdict(list)
-    open_runs: dict[tuple[str, int, int], int] = {}
-    for rec in sorted(journal(out), key=lambda r: r["t"]):
+    open_runs: dict[tuple[int, int, int], int] = {}
+    for rec in sorted(journal(out), key=lambda r: (r["t"], r["e"] != "spawn")):
         if rec["e"] == "spawn":
-            open_runs[(rec.get("node", ""), rec["job_id"], rec["attempt"])] = len(
-                runs[rec["job_id"]])
+            key = (rec["pid"], rec["job_id"], rec["attempt"])
+            open_runs[key] = len(runs[rec["job_id"]])
             runs[rec["job_id"]].append((rec["attempt"], rec["t"], None))
-    for rec in journal(out):
-        if rec["e"] == "exit":
-            for (node, job, attempt), index in list(open_runs.items()):
-                if job == rec["job_id"] and attempt == rec["attempt"]:
-                    a, spawned, _ = runs[job][index]
-                    runs[job][index] = (a, spawned, rec["t"])
-                    del open_runs[(node, job, attempt)]
+        else:
+            for key, index in list(open_runs.items()):
+                if key[1:] == (rec["job_id"], rec["attempt"]):
+                    attempt, spawned, _ = runs[key[1]][index]
+                    runs[key[1]][index] = (attempt, spawned, rec["t"])
+                    del open_runs[key]
                     break
+    for (pid, job, _), index in open_runs.items():
+        if died and pid in died:
+            attempt, spawned, _ = runs[job][index]
+            runs[job][index] = (attempt, spawned, died[pid])
     return runs
 
 
@@ -127,7 +135,7 @@ def test_a_sigkilled_worker_s_jobs_run_elsewhere_and_every_job_completes_once(
     assert codes == [0, 0, 0]
     assert_all_completed(url, workflow_id, out, 5005, one_file_per_job=False)
     assert set(successful_results_per_job(leased_server.db).values()) == {1}
-    runs = executions(out)
+    runs = executions(out, died={workers[0].pid: killed_at})
     assert len(runs) == 5005
     assert overlapping(runs) == []
     retried = {job for job, items in runs.items() if any(a > 1 for a, _, _ in items)}
@@ -328,3 +336,20 @@ def test_a_restart_makes_a_blocked_job_whose_dependencies_are_done_ready(
         assert "blocked jobs with every dependency done are ready again" in server.log.read_text()
     finally:
         server.kill()
+
+
+def test_initializing_a_running_seed_again_changes_nothing_and_it_completes(
+        server: Any, tmp_path: Path) -> None:
+    workflow_id = create(server.url, SEED)
+    out = tmp_path / "out"
+    workers = start_workers(server.url, workflow_id, out, 4)
+    try:
+        wait_for_completed(server.url, workflow_id, 1000)
+        with TorcClient(server.url) as client:
+            for _ in range(2):  # what workers racing to initialize, or a retry, would send
+                client.initialize_jobs(workflow_id, only_uninitialized=True)
+        codes = wait_all(workers, timeout=300)
+    finally:
+        stop(workers)
+    assert codes == [0, 0, 0, 0]
+    assert_all_completed(server.url, workflow_id, out, 5005)
