@@ -136,8 +136,9 @@ def worker2_link(testbed: tb.Testbed) -> Iterator[str]:
 @pytest.mark.timeout(1200)
 def test_a_partition_takes_the_testbed_hosts_link_down_for_its_seconds_and_the_run_completes(
         testbed: tb.Testbed, worker2_link: str, tmp_path: Path) -> None:
-    proc = invoke("cluster-run", "--inventory", "inventory/testbed.yml", "--stages", "3",
-                  "--jobs-per-stage", "300", "--fault", "partition:worker2:5@stage2",
+    # (big enough stages that the other hosts cannot finish the run while worker2 is cut off)
+    proc = invoke("cluster-run", "--inventory", "inventory/testbed.yml", "--stages", "4",
+                  "--jobs-per-stage", "2500", "--fault", "partition:worker2:5@stage2",
                   "--runs-root", str(tmp_path))
     assert link_is_up(worker2_link)  # before the fixture's own clean-up: the harness restored it
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]

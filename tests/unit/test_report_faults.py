@@ -336,3 +336,16 @@ def test_a_fault_disturbs_from_its_injection_until_its_end_plus_the_lease_and_sl
     windows = fault_windows([(100.0, None)], lease_s=5.0)
     assert windows == [(100.0, 107.0)]
     assert fault_windows([(None, None)], lease_s=5.0) == []
+
+
+def test_a_partition_the_run_s_end_cut_short_has_nothing_to_recover_and_is_skipped(
+        tmp_path: Path) -> None:
+    run = plain_run()
+    last = max(j.end for j in run.jobs if j.end is not None)
+    start = run.job("stage2_", 0).start
+    assert start is not None
+    run.faults.append(fault_record("partition:w2:9@stage2", "partition", "w2", start, last + 0.1,
+                                   seconds=9.0))
+    _, checks = _checks(write_fault_run(tmp_path, run))
+    check = checks["fault_recovery[partition:w2:9@stage2]"]
+    assert check.status is Status.SKIP and "before the fault ended" in check.detail

@@ -403,6 +403,11 @@ def _recovery(a: RunAnalysis, f: FaultFigures, limit: float) -> Check:
         return Check(name, title, Status.SKIP, None, 0, None, limit, "s", expected,
                      "every job had completed before the fault", where)
     measured = f.measured_recovery_s
+    if measured is None and since == "its end" and f.fault.ended_at is not None and all(
+            j.end_time is not None and j.end_time <= f.fault.ended_at for j in a.data.jobs):
+        return Check(name, title, Status.SKIP, None, 0, None, limit, "s", expected,
+                     "every job had completed before the fault ended (the run's end ended it)",
+                     where)
     detail = (f"next completion {_fmt(f.recovery_s)} s after the injection"
               + (f", {_fmt(f.recovery_from_end_s)} s after the end" if since == "its end" else "")
               + f"; {f.requeued} job(s) re-queued by {len(f.expiries)} lease expiry line(s)")
