@@ -341,7 +341,7 @@ def exactly_once_check(a: RunAnalysis) -> Check:
         "every_job_completed_exactly_once", "every job completed exactly once",
         Status.FAIL if failing else Status.PASS, len(offenders), 0, None, 0, "jobs",
         "one successful result per job; no attempt spawned twice, no two executions of a job "
-        "at once, no job exiting 0 in two attempts", detail, tuple(where),
+        "at once", detail, tuple(where),
     )
 
 
