@@ -210,14 +210,17 @@ def test_a_worker_whose_server_stops_answering_fences_itself_before_its_jobs_mov
     assert "fencing" in log and "new compute node registered" in log
 
 
+def _one_job_workflow(url: str, tmp_path: Path) -> int:
+    spec = tmp_path / "one.json"
+    spec.write_bytes(orjson.dumps({"name": "one", "jobs": [{"name": "a", "command": "true"}]}))
+    return create(url, spec)
+
+
 def test_an_expired_attempt_is_refused_and_another_node_finishes_the_job(
         server_factory: Any, tmp_path: Path) -> None:
     srv = server_factory("--lease-s", "0.5")
-    spec = tmp_path / "one.json"
-    spec.write_bytes(orjson.dumps({"name": "one", "jobs": [{"name": "a", "command": "true"}]}))
-    workflow_id = create(srv.url, spec)
+    workflow_id = _one_job_workflow(srv.url, tmp_path)
     with TorcClient(srv.url) as client:
-        client.initialize_jobs(workflow_id)
         run_id = int(client.get_workflow_status(workflow_id)["run_id"])
         node_a = client.create_compute_node(workflow_id, "a", 1, num_cpus=1)["id"]
         node_b = client.create_compute_node(workflow_id, "b", 2, num_cpus=1)["id"]
@@ -260,11 +263,8 @@ def test_an_expired_attempt_is_refused_and_another_node_finishes_the_job(
 def test_a_node_that_never_heartbeats_is_never_expired(
         server_factory: Any, tmp_path: Path) -> None:
     srv = server_factory("--lease-s", "0.3")
-    spec = tmp_path / "one.json"
-    spec.write_bytes(orjson.dumps({"name": "one", "jobs": [{"name": "a", "command": "true"}]}))
-    workflow_id = create(srv.url, spec)
+    workflow_id = _one_job_workflow(srv.url, tmp_path)
     with TorcClient(srv.url) as client:
-        client.initialize_jobs(workflow_id)
         run_id = int(client.get_workflow_status(workflow_id)["run_id"])
         node = client.create_compute_node(workflow_id, "torc", 1, num_cpus=1)["id"]
         (job,) = client.claim_next_jobs(workflow_id, 1)

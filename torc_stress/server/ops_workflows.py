@@ -19,6 +19,7 @@ from torc_stress.server.ops_common import (
 from torc_stress.server.ops_nodes import _insert_rr, _remember_rr
 from torc_stress.server.state import (
     _DONE_INTS,
+    JobMem,
     ServerState,
     WorkflowMem,
     utc_timestamp,
@@ -223,15 +224,7 @@ def initialize_jobs(
     def unfinished(up: int) -> bool:
         return up in candidates or jobs[up].status not in _DONE_INTS
 
-    blocked: dict[int, tuple[int, bool]] = {}
-    ready: list[int] = []
-    for j in sorted(candidates):
-        count = sum(1 for up in ups.get(j, ()) if unfinished(up))
-        if count:
-            failed = any(jobs[up].failed for up in ups.get(j, ()) if not unfinished(up))
-            blocked[j] = (count, failed)
-        else:
-            ready.append(j)
+    blocked, ready = _sort_out(candidates, ups, unfinished, jobs)
     now = time.time()
     conn.executemany(
         "UPDATE job SET status = 1, ready_time = NULL, claim_time = NULL, "
@@ -272,6 +265,23 @@ def initialize_jobs(
     return {"message": "Initialized job status"}
 
 
+def _sort_out(
+    candidates: set[int], ups: dict[int, list[int]], unfinished: Any, jobs: dict[int, JobMem]
+) -> tuple[dict[int, tuple[int, bool]], list[int]]:
+    """Splits jobs to initialize into blocked ones (with their count of unfinished upstream
+    jobs and whether a finished one failed) and ready ones."""
+    blocked: dict[int, tuple[int, bool]] = {}
+    ready: list[int] = []
+    for j in sorted(candidates):
+        count = sum(1 for up in ups.get(j, ()) if unfinished(up))
+        if count:
+            failed = any(jobs[up].failed for up in ups.get(j, ()) if not unfinished(up))
+            blocked[j] = (count, failed)
+        else:
+            ready.append(j)
+    return blocked, ready
+
+
 def _initialize_some(
     conn: sqlite3.Connection, st: ServerState, wf: WorkflowMem, candidates: set[int]
 ) -> dict[str, Any]:
@@ -292,15 +302,7 @@ def _initialize_some(
     def unfinished(up: int) -> bool:
         return up in candidates or up in waiting or jobs[up].status not in _DONE_INTS
 
-    blocked: dict[int, tuple[int, bool]] = {}
-    ready: list[int] = []
-    for j in sorted(candidates):
-        count = sum(1 for up in ups.get(j, ()) if unfinished(up))
-        if count:
-            failed = any(jobs[up].failed for up in ups.get(j, ()) if not unfinished(up))
-            blocked[j] = (count, failed)
-        else:
-            ready.append(j)
+    blocked, ready = _sort_out(candidates, ups, unfinished, jobs)
     now = time.time()
     conn.executemany("UPDATE job SET status = 1 WHERE id = ?", [(j,) for j in blocked])
     conn.executemany(
