@@ -21,12 +21,12 @@ import orjson
 import pytest
 
 from tests.integration.test_worker import (
-    ENV,
     SEED,
     OwnServer,
     assert_all_completed,
-    cli,
     create,
+    sleepers_workflow,
+    start_one_worker,
     start_workers,
     stop,
     wait_all,
@@ -180,15 +180,9 @@ def test_a_server_killed_twice_and_restarted_runs_no_job_twice(
 def test_a_worker_whose_server_stops_answering_fences_itself_before_its_jobs_move(
         server_factory: Any, tmp_path: Path) -> None:
     srv = server_factory("--lease-s", "1")
-    spec = tmp_path / "sleepers.json"
-    spec.write_bytes(orjson.dumps({"name": "sleepers", "jobs": [
-        {"name": f"sleep_{i}", "command": "sleep 2"} for i in range(2)]}))
-    workflow_id = create(srv.url, spec)
+    workflow_id = sleepers_workflow(srv.url, tmp_path, 2, 2)
     out = tmp_path / "out"
-    worker = subprocess.Popen(cli("--url", srv.url, "workflows", "run", str(workflow_id),
-                                  "--max-parallel-jobs", "2", "--output-dir", str(out),
-                                  "--node-name", "w1", "--log-file", str(out / "worker.log")),
-                              env=ENV)
+    worker = start_one_worker(srv.url, workflow_id, out, 2)
     try:
         with TorcClient(srv.url) as client:
             deadline = time.monotonic() + 30

@@ -42,6 +42,23 @@ def start_workers(url: str, workflow_id: int, out: Path,
             for n in range(1, count + 1)]
 
 
+def sleepers_workflow(url: str, tmp_path: Path, count: int, seconds: float) -> int:
+    """Creates a workflow of ``count`` independent ``sleep SECONDS`` jobs."""
+    spec = tmp_path / "sleepers.json"
+    spec.write_bytes(orjson.dumps({"name": "sleepers", "jobs": [
+        {"name": f"sleep_{i}", "command": f"sleep {seconds:g}"} for i in range(count)]}))
+    return create(url, spec)
+
+
+def start_one_worker(url: str, workflow_id: int, out: Path,
+                     slots: int) -> subprocess.Popen[bytes]:
+    """One worker (node ``w1``, log ``out/worker.log``) with ``slots`` parallel jobs."""
+    return subprocess.Popen(cli("--url", url, "workflows", "run", str(workflow_id),
+                                "--max-parallel-jobs", str(slots), "--output-dir", str(out),
+                                "--node-name", "w1", "--log-file", str(out / "worker.log")),
+                            env=ENV)
+
+
 def wait_all(procs: list[subprocess.Popen[bytes]], timeout: float) -> list[int]:
     deadline = time.monotonic() + timeout
     codes = []
@@ -169,15 +186,9 @@ def test_workers_keep_retrying_across_a_server_killed_and_restarted(
 
 def test_a_worker_stopped_with_sigterm_while_holding_claims_strands_no_job(
         server: ServerProcess, tmp_path: Path) -> None:
-    spec = tmp_path / "sleepers.json"
-    spec.write_bytes(orjson.dumps({"name": "sleepers", "jobs": [
-        {"name": f"sleep_{i}", "command": "sleep 0.4"} for i in range(12)]}))
-    workflow_id = create(server.url, spec)
+    workflow_id = sleepers_workflow(server.url, tmp_path, 12, 0.4)
     out = tmp_path / "out"
-    worker = subprocess.Popen(cli("--url", server.url, "workflows", "run", str(workflow_id),
-                                  "--max-parallel-jobs", "1", "--output-dir", str(out),
-                                  "--node-name", "w1", "--log-file", str(out / "worker.log")),
-                              env=ENV)
+    worker = start_one_worker(server.url, workflow_id, out, 1)
     try:
         with TorcClient(server.url) as client:
             deadline = time.monotonic() + 60
