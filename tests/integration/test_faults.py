@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import signal
 import sqlite3
-import subprocess
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from tests.integration.test_worker import (
     OwnServer,
     assert_all_completed,
     create,
+    running_server,
     sleepers_workflow,
     start_one_worker,
     start_workers,
@@ -104,18 +104,8 @@ def wait_for_completed(url: str, workflow_id: int, count: int, timeout: float = 
 
 @pytest.fixture
 def leased_server(tmp_path: Path) -> Iterator[OwnServer]:
-    server = OwnServer(db=tmp_path / "server.db", log=tmp_path / "server.log",
-                       extra=("--lease-s", "2"))
-    server.start()
-    try:
+    with running_server(tmp_path, "--lease-s", "2") as server:
         yield server
-    finally:
-        if server.proc is not None and server.proc.poll() is None:
-            server.proc.terminate()
-            try:
-                server.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                server.kill()
 
 
 def test_a_sigkilled_worker_s_jobs_run_elsewhere_and_every_job_completes_once(

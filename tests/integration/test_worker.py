@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -107,9 +108,10 @@ class OwnServer:
             self.proc.wait()
 
 
-@pytest.fixture
-def own_server(tmp_path: Path) -> Iterator[OwnServer]:
-    server = OwnServer(db=tmp_path / "server.db", log=tmp_path / "server.log")
+@contextlib.contextmanager
+def running_server(tmp_path: Path, *extra: str) -> Iterator[OwnServer]:
+    """An :class:`OwnServer` started now and stopped (TERM, then KILL) at the end."""
+    server = OwnServer(db=tmp_path / "server.db", log=tmp_path / "server.log", extra=extra)
     server.start()
     try:
         yield server
@@ -120,6 +122,12 @@ def own_server(tmp_path: Path) -> Iterator[OwnServer]:
                 server.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 server.kill()
+
+
+@pytest.fixture
+def own_server(tmp_path: Path) -> Iterator[OwnServer]:
+    with running_server(tmp_path) as server:
+        yield server
 
 
 def assert_all_completed(url: str, workflow_id: int, out: Path, expected: int, *,
